@@ -1,0 +1,122 @@
+//! Wires the parts together: open the database, serve the persisted decisions at once,
+//! then start the LAPI sync (or stay standalone), all under one shutdown signal.
+
+use crate::clock;
+use crate::config::Config;
+use crate::lapi::sync::{SyncSettings, SyncStats, Syncer};
+use crate::lapi::LapiClient;
+use crate::persist::Db;
+use crate::persist::Persister;
+use crate::store::{Decider, Writer};
+use anyhow::Context;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+/// A started cerberus: its shared parts and its background tasks.
+pub struct Running {
+    pub config: Arc<Config>,
+    pub decider: Arc<Decider>,
+    pub stats: Arc<SyncStats>,
+    pub persist: Arc<Persister>,
+    /// The writer in standalone mode (in LAPI mode the sync loop owns it).
+    pub standalone_writer: Option<Writer>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts everything and returns once the persisted decisions are being served.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir {}: cannot create it", config.data_dir.display()))?;
+    let decider = Arc::new(Decider::new());
+    let mut writer = decider.writer();
+
+    let started = Instant::now();
+    let data_dir = config.data_dir.clone();
+    let (db, writer_back, loaded, enabled) = tokio::task::spawn_blocking(move || {
+        let db = Db::open(&data_dir)?;
+        let loaded = db.load_decisions(clock::now_secs_precise(), |d| writer.insert(&d))?;
+        let enabled = db.setting("enabled")?;
+        anyhow::Ok((db, writer, loaded, enabled))
+    })
+    .await??;
+    writer = writer_back;
+    let snap = writer.publish();
+    if enabled.as_deref() == Some("false") {
+        decider.set_enabled(false);
+        info!("protection is switched off (persisted setting): every request is allowed");
+    }
+    info!(
+        "[CROWDSEC_STARTUP] enforcing {} persisted decisions from {} (loaded in {} ms; {} expired, {} unreadable skipped)",
+        snap.len(),
+        db.path().display(),
+        started.elapsed().as_millis(),
+        loaded.expired,
+        loaded.unreadable
+    );
+    metrics::gauge!(crate::metrics::ACTIVE_DECISIONS).set(snap.len() as f64);
+    let persist = Arc::new(db.into_writer());
+    let stats = Arc::new(SyncStats::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut standalone_writer = None;
+
+    if config.standalone() {
+        info!(
+            "[CROWDSEC_STARTUP] standalone mode (no api_url): decisions come only from the admin API and live in {}",
+            config.data_dir.display()
+        );
+        standalone_writer = Some(writer);
+    } else {
+        let client = LapiClient::new(&config)?;
+        let syncer = Syncer::new(
+            client,
+            writer,
+            decider.clone(),
+            persist.clone(),
+            stats.clone(),
+            SyncSettings::from_config(&config),
+        );
+        tasks.push(tokio::spawn(syncer.run(shutdown_rx.clone())));
+    }
+    Ok(Running {
+        config,
+        decider,
+        stats,
+        persist,
+        standalone_writer,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops the background tasks and writes out what is queued for the database.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let persist = self.persist;
+        let _ = tokio::task::spawn_blocking(move || match Arc::try_unwrap(persist) {
+            Ok(p) => p.close(),
+            Err(shared) => shared.flush(),
+        })
+        .await;
+        info!("cerberus stopped");
+    }
+}
+
+/// Runs until `shutdown` completes (SIGINT or SIGTERM in `main`).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown.await;
+    info!("shutting down");
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,839 @@
+//! Configuration: a YAML file whose keys follow CrowdSec's own bouncers, every key also
+//! settable as `CERBERUS_<KEY>`, checked as a whole so that `cerberus check` lists every
+//! problem at once, each naming its key.
+
+use crate::duration::parse_config_duration;
+use crate::store::UnreachablePolicy;
+use ipnet::IpNet;
+use serde_yaml_ng::{Mapping, Value};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    List,
+    Bool,
+    Int,
+}
+
+/// Every key cerberus knows, with how an environment value is read.
+const KEYS: &[(&str, Kind)] = &[
+    ("api_url", Kind::Str),
+    ("api_key", Kind::Str),
+    ("api_key_file", Kind::Str),
+    ("cert_path", Kind::Str),
+    ("key_path", Kind::Str),
+    ("ca_cert_path", Kind::Str),
+    ("insecure_skip_verify", Kind::Bool),
+    ("update_frequency", Kind::Str),
+    ("scopes", Kind::List),
+    ("origins", Kind::List),
+    ("scenarios_containing", Kind::List),
+    ("scenarios_not_containing", Kind::List),
+    ("supported_decisions_types", Kind::List),
+    ("machine_id", Kind::Str),
+    ("machine_password", Kind::Str),
+    ("machine_password_file", Kind::Str),
+    ("data_dir", Kind::Str),
+    ("socket", Kind::Str),
+    ("socket_mode", Kind::Str),
+    ("forward_auth_listen", Kind::Str),
+    ("admin_listen", Kind::Str),
+    ("admin_token", Kind::Str),
+    ("admin_token_file", Kind::Str),
+    ("trusted_proxies", Kind::List),
+    ("client_ip_header", Kind::Str),
+    ("on_lapi_unreachable", Kind::Str),
+    ("stale_after", Kind::Str),
+    ("ban_status", Kind::Int),
+    ("ban_template", Kind::Str),
+    ("log_format", Kind::Str),
+    ("log_level", Kind::Str),
+    ("lapi_timeout", Kind::Str),
+    ("lapi_max_body", Kind::Str),
+    ("lapi_retry_max", Kind::Str),
+];
+
+/// One thing wrong with a config, tied to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Where a listener binds: `host:port`, `unix:/path`, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(String),
+    Unix(PathBuf),
+    Off,
+}
+
+impl Listen {
+    fn parse(value: &str) -> Result<Listen, String> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        if let Some(path) = value.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a path, e.g. unix:/run/cerberus/auth.sock".into());
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        match value.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Listen::Tcp(value.to_string()))
+            }
+            _ => Err(format!(
+                "{value:?} is neither host:port (127.0.0.1:7420) nor unix:/path nor off"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+            Listen::Off => write!(f, "off"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole configuration, with defaults filled in. See `examples/cerberus.yaml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// LAPI base URL; `None` is standalone mode (decisions only from the admin API).
+    pub api_url: Option<String>,
+    pub api_key: Option<String>,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    pub ca_cert_path: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// Delta pull interval. Default 10s.
+    pub update_frequency: Duration,
+    /// Scopes asked from LAPI. Default `ip`, `range`.
+    pub scopes: Vec<String>,
+    pub origins: Vec<String>,
+    pub scenarios_containing: Vec<String>,
+    pub scenarios_not_containing: Vec<String>,
+    /// Decision types enforced; empty (default) enforces every type.
+    pub supported_decisions_types: Vec<String>,
+    pub machine_id: Option<String>,
+    pub machine_password: Option<String>,
+    /// Default `./cerberus-data`.
+    pub data_dir: PathBuf,
+    /// Default `{data_dir}/cerberus.sock`.
+    pub socket: PathBuf,
+    /// Default 0660.
+    pub socket_mode: u32,
+    /// Default `127.0.0.1:7420`.
+    pub forward_auth_listen: Listen,
+    /// Default `127.0.0.1:8088`.
+    pub admin_listen: Listen,
+    pub admin_token: Option<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Default `X-Forwarded-For`.
+    pub client_ip_header: String,
+    /// Default `keep`.
+    pub on_lapi_unreachable: UnreachablePolicy,
+    /// Default 5m (only used by `open` and `closed`).
+    pub stale_after: Duration,
+    /// Default 403.
+    pub ban_status: u16,
+    pub ban_template: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Default `info`.
+    pub log_level: String,
+    /// Whole-request limit for one LAPI call, body included. Default 120s.
+    pub lapi_timeout: Duration,
+    /// Largest LAPI answer accepted, in bytes. Default 1 GiB.
+    pub lapi_max_body: u64,
+    /// Longest wait between retries after LAPI errors. Default 60s.
+    pub lapi_retry_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let data_dir = PathBuf::from("./cerberus-data");
+        Config {
+            api_url: None,
+            api_key: None,
+            cert_path: None,
+            key_path: None,
+            ca_cert_path: None,
+            insecure_skip_verify: false,
+            update_frequency: Duration::from_secs(10),
+            scopes: vec!["ip".into(), "range".into()],
+            origins: vec![],
+            scenarios_containing: vec![],
+            scenarios_not_containing: vec![],
+            supported_decisions_types: vec![],
+            machine_id: None,
+            machine_password: None,
+            socket: data_dir.join("cerberus.sock"),
+            data_dir,
+            socket_mode: 0o660,
+            forward_auth_listen: Listen::Tcp("127.0.0.1:7420".into()),
+            admin_listen: Listen::Tcp("127.0.0.1:8088".into()),
+            admin_token: None,
+            trusted_proxies: vec![],
+            client_ip_header: "X-Forwarded-For".into(),
+            on_lapi_unreachable: UnreachablePolicy::Keep,
+            stale_after: Duration::from_secs(300),
+            ban_status: 403,
+            ban_template: None,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            lapi_timeout: Duration::from_secs(120),
+            lapi_max_body: 1 << 30,
+            lapi_retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Standalone unless an `api_url` is set.
+    pub fn standalone(&self) -> bool {
+        self.api_url.is_none()
+    }
+
+    /// Loads from an optional file plus the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, Vec<Problem>> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::load_with_env(path, &env)
+    }
+
+    /// Loads from an optional file plus the given `CERBERUS_*` variables (tests pass their own).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Config, Vec<Problem>> {
+        let mut map = match path {
+            None => Mapping::new(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    vec![Problem {
+                        key: "config".into(),
+                        message: format!("cannot read {}: {e}", p.display()),
+                    }]
+                })?;
+                parse_yaml(&text)?
+            }
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("CERBERUS_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let Some(&(_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
+            let v = match kind {
+                Kind::List => Value::Sequence(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.into()))
+                        .collect(),
+                ),
+                _ => Value::String(value.clone()),
+            };
+            map.insert(Value::String(key), v);
+        }
+        Reader::new(map).finish()
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Mapping, Vec<Problem>> {
+    let problem = |message: String| {
+        vec![Problem {
+            key: "config".into(),
+            message,
+        }]
+    };
+    let value: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| problem(format!("invalid YAML: {e}")))?;
+    match value {
+        Value::Null => Ok(Mapping::new()),
+        Value::Mapping(m) => Ok(m),
+        _ => Err(problem(
+            "the config must be a YAML mapping of key: value".into(),
+        )),
+    }
+}
+
+/// Reads typed values out of the mapping, collecting every problem.
+struct Reader {
+    map: Mapping,
+    problems: Vec<Problem>,
+}
+
+impl Reader {
+    fn new(map: Mapping) -> Reader {
+        Reader {
+            map,
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn raw(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.raw(key)?.clone() {
+            Value::String(s) if s.trim().is_empty() => None,
+            Value::String(s) => Some(s),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => {
+                self.problem(key, "expected a single value (a string)");
+                None
+            }
+        }
+    }
+
+    fn list(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.raw(key)?.clone() {
+            Value::Sequence(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s),
+                        Value::Number(n) => out.push(n.to_string()),
+                        _ => {
+                            self.problem(key, "expected a list of strings");
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Value::String(s) => Some(
+                s.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            ),
+            _ => {
+                self.problem(key, "expected a list of strings");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str) -> Option<bool> {
+        match self.raw(key)?.clone() {
+            Value::Bool(b) => Some(b),
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" | "on" => Some(true),
+                "false" | "no" | "0" | "off" => Some(false),
+                _ => {
+                    self.problem(key, format!("expected true or false, got {s:?}"));
+                    None
+                }
+            },
+            _ => {
+                self.problem(key, "expected true or false");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str) -> Option<Duration> {
+        let text = self.string(key)?;
+        match parse_config_duration(&text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(key, format!("{text:?} must be longer than zero"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(key, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        self.string(key).map(PathBuf::from)
+    }
+
+    /// A secret given inline or as `KEY_file`; both at once is a problem.
+    fn secret(&mut self, key: &str) -> Option<String> {
+        let file_key = format!("{key}_file");
+        let inline = self.string(key);
+        let file = self.path(&file_key);
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.problem(key, format!("set either {key} or {file_key}, not both"));
+                None
+            }
+            (Some(v), None) => Some(v),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(text) if text.trim().is_empty() => {
+                    self.problem(&file_key, format!("{} is empty", path.display()));
+                    None
+                }
+                Ok(text) => Some(text.trim().to_string()),
+                Err(e) => {
+                    self.problem(&file_key, format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn readable_file(&mut self, key: &str, path: &Option<PathBuf>) {
+        if let Some(p) = path {
+            if let Err(e) = std::fs::File::open(p) {
+                self.problem(key, format!("cannot read {}: {e}", p.display()));
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<Config, Vec<Problem>> {
+        let mut unknown: Vec<String> = Vec::new();
+        for k in self.map.keys() {
+            match k.as_str() {
+                Some(name) if KEYS.iter().any(|(known, _)| *known == name) => {}
+                Some(name) => unknown.push(name.to_string()),
+                None => unknown.push(format!("{k:?}")),
+            }
+        }
+        for name in unknown {
+            let hint = KEYS
+                .iter()
+                .map(|(k, _)| *k)
+                .find(|k| similar(k, &name))
+                .map(|k| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
+            self.problem(&name, format!("unknown key{hint}"));
+        }
+
+        let mut c = Config::default();
+        if let Some(url) = self.string("api_url") {
+            match url.split_once("://") {
+                Some(("http" | "https", rest)) if !rest.is_empty() => {
+                    c.api_url = Some(url.trim_end_matches('/').to_string())
+                }
+                _ => self.problem(
+                    "api_url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ),
+            }
+        }
+        c.api_key = self.secret("api_key");
+        c.cert_path = self.path("cert_path");
+        c.key_path = self.path("key_path");
+        c.ca_cert_path = self.path("ca_cert_path");
+        let (cert, key, ca) = (
+            c.cert_path.clone(),
+            c.key_path.clone(),
+            c.ca_cert_path.clone(),
+        );
+        self.readable_file("cert_path", &cert);
+        self.readable_file("key_path", &key);
+        self.readable_file("ca_cert_path", &ca);
+        if cert.is_some() != key.is_some() {
+            let missing = if cert.is_some() {
+                "key_path"
+            } else {
+                "cert_path"
+            };
+            self.problem(
+                missing,
+                "cert_path and key_path go together (TLS client certificate)",
+            );
+        }
+        if c.api_url.is_some() && c.api_key.is_none() && cert.is_none() {
+            self.problem(
+                "api_key",
+                "api_url is set but there is no api_key, api_key_file or cert_path/key_path \
+                 (create a key with: cscli bouncers add cerberus)",
+            );
+        }
+        if let Some(v) = self.boolean("insecure_skip_verify") {
+            c.insecure_skip_verify = v;
+        }
+        if let Some(d) = self.duration("update_frequency") {
+            c.update_frequency = d;
+        }
+        if let Some(v) = self.list("scopes") {
+            c.scopes = v.iter().map(|s| s.to_ascii_lowercase()).collect();
+        }
+        if let Some(v) = self.list("origins") {
+            c.origins = v;
+        }
+        if let Some(v) = self.list("scenarios_containing") {
+            c.scenarios_containing = v;
+        }
+        if let Some(v) = self.list("scenarios_not_containing") {
+            c.scenarios_not_containing = v;
+        }
+        if let Some(v) = self.list("supported_decisions_types") {
+            c.supported_decisions_types = v.iter().map(|s| s.to_ascii_lowercase()).collect();
+        }
+        c.machine_id = self.string("machine_id");
+        c.machine_password = self.secret("machine_password");
+        if c.machine_id.is_some() != c.machine_password.is_some() {
+            let missing = if c.machine_id.is_some() {
+                "machine_password"
+            } else {
+                "machine_id"
+            };
+            self.problem(
+                missing,
+                "machine_id and machine_password go together (a LAPI watcher)",
+            );
+        }
+        if let Some(dir) = self.path("data_dir") {
+            c.data_dir = dir;
+        }
+        c.socket = self
+            .path("socket")
+            .unwrap_or_else(|| c.data_dir.join("cerberus.sock"));
+        if let Some(mode) = self.string("socket_mode") {
+            match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
+                Ok(m) if m <= 0o777 => c.socket_mode = m,
+                _ => self.problem(
+                    "socket_mode",
+                    format!("{mode:?} is not an octal mode like 0660"),
+                ),
+            }
+        }
+        for key in ["forward_auth_listen", "admin_listen"] {
+            if let Some(v) = self.string(key) {
+                match Listen::parse(&v) {
+                    Ok(l) if key == "admin_listen" => c.admin_listen = l,
+                    Ok(l) => c.forward_auth_listen = l,
+                    Err(e) => self.problem(key, e),
+                }
+            }
+        }
+        c.admin_token = self.secret("admin_token");
+        if let Some(items) = self.list("trusted_proxies") {
+            for item in items {
+                let parsed = item
+                    .parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(net) => c.trusted_proxies.push(net.trunc()),
+                    Err(_) => self.problem(
+                        "trusted_proxies",
+                        format!("{item:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
+                    ),
+                }
+            }
+        }
+        if let Some(h) = self.string("client_ip_header") {
+            if h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                c.client_ip_header = h;
+            } else {
+                self.problem(
+                    "client_ip_header",
+                    format!("{h:?} is not an HTTP header name"),
+                );
+            }
+        }
+        if let Some(p) = self.string("on_lapi_unreachable") {
+            match p.to_ascii_lowercase().as_str() {
+                "keep" => c.on_lapi_unreachable = UnreachablePolicy::Keep,
+                "open" => c.on_lapi_unreachable = UnreachablePolicy::Open,
+                "closed" => c.on_lapi_unreachable = UnreachablePolicy::Closed,
+                _ => self.problem(
+                    "on_lapi_unreachable",
+                    format!("{p:?} is not one of keep, open, closed"),
+                ),
+            }
+        }
+        if let Some(d) = self.duration("stale_after") {
+            c.stale_after = d;
+        }
+        if let Some(s) = self.string("ban_status") {
+            match s.parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => c.ban_status = code,
+                _ => self.problem(
+                    "ban_status",
+                    format!("{s:?} is not an HTTP status from 400 to 599"),
+                ),
+            }
+        }
+        c.ban_template = self.path("ban_template");
+        let template = c.ban_template.clone();
+        self.readable_file("ban_template", &template);
+        if let Some(f) = self.string("log_format") {
+            match f.to_ascii_lowercase().as_str() {
+                "text" => c.log_format = LogFormat::Text,
+                "json" => c.log_format = LogFormat::Json,
+                _ => self.problem("log_format", format!("{f:?} is not text or json")),
+            }
+        }
+        if let Some(l) = self.string("log_level") {
+            match l.to_ascii_lowercase().as_str() {
+                "trace" | "debug" | "info" | "warn" | "error" => {
+                    c.log_level = l.to_ascii_lowercase()
+                }
+                _ => self.problem(
+                    "log_level",
+                    format!("{l:?} is not one of trace, debug, info, warn, error"),
+                ),
+            }
+        }
+        if let Some(d) = self.duration("lapi_timeout") {
+            c.lapi_timeout = d;
+        }
+        if let Some(s) = self.string("lapi_max_body") {
+            match parse_size(&s) {
+                Some(n) if n > 0 => c.lapi_max_body = n,
+                _ => self.problem(
+                    "lapi_max_body",
+                    format!("{s:?} is not a size like 512MiB or 1048576"),
+                ),
+            }
+        }
+        if let Some(d) = self.duration("lapi_retry_max") {
+            c.lapi_retry_max = d;
+        }
+        self.check_dirs(&c);
+        if self.problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(self.problems)
+        }
+    }
+
+    /// `data_dir` is created at start, so its parent must exist; a socket outside it
+    /// needs its own directory.
+    fn check_dirs(&mut self, c: &Config) {
+        if !c.data_dir.is_dir() {
+            let parent = c.data_dir.parent().filter(|p| !p.as_os_str().is_empty());
+            if parent.is_some_and(|p| !p.is_dir()) {
+                self.problem(
+                    "data_dir",
+                    format!(
+                        "{} does not exist and its parent directory is missing",
+                        c.data_dir.display()
+                    ),
+                );
+            }
+        }
+        if !c.socket.starts_with(&c.data_dir) {
+            if let Some(parent) = c.socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() {
+                    self.problem(
+                        "socket",
+                        format!("directory {} does not exist", parent.display()),
+                    );
+                }
+            }
+        }
+        if let Listen::Unix(path) = &c.forward_auth_listen {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() && !parent.starts_with(&c.data_dir) {
+                    self.problem(
+                        "forward_auth_listen",
+                        format!("directory {} does not exist", parent.display()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Close enough to be a typo: at most two edits apart (case and `-` ignored).
+fn similar(known: &str, given: &str) -> bool {
+    let given: Vec<char> = given.to_ascii_lowercase().replace('-', "_").chars().collect();
+    let known: Vec<char> = known.chars().collect();
+    let mut prev: Vec<usize> = (0..=given.len()).collect();
+    for (i, k) in known.iter().enumerate() {
+        let mut cur = vec![i + 1; given.len() + 1];
+        for (j, g) in given.iter().enumerate() {
+            let cost = usize::from(k != g);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[given.len()] <= 2
+}
+
+/// `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, Vec<Problem>> {
+        Reader::new(parse_yaml(yaml).unwrap()).finish()
+    }
+
+    #[test]
+    fn defaults_are_standalone() {
+        let c = load("").unwrap();
+        assert!(c.standalone());
+        assert_eq!(c.update_frequency, Duration::from_secs(10));
+        assert_eq!(c.socket, PathBuf::from("./cerberus-data/cerberus.sock"));
+        assert_eq!(c.forward_auth_listen, Listen::Tcp("127.0.0.1:7420".into()));
+        assert_eq!(c.admin_listen, Listen::Tcp("127.0.0.1:8088".into()));
+        assert_eq!(c.ban_status, 403);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "api_url: http://127.0.0.1:8080\napi_key: a\nupdate_frequency: 10s\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("CERBERUS_UPDATE_FREQUENCY".to_string(), "2s".to_string()),
+            (
+                "CERBERUS_ORIGINS".to_string(),
+                "crowdsec, cscli".to_string(),
+            ),
+            ("CERBERUS_API_KEY".to_string(), "12345".to_string()),
+            (
+                "CERBERUS_INSECURE_SKIP_VERIFY".to_string(),
+                "true".to_string(),
+            ),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let c = Config::load_with_env(Some(&file), &env).unwrap();
+        assert_eq!(c.update_frequency, Duration::from_secs(2));
+        assert_eq!(c.origins, vec!["crowdsec", "cscli"]);
+        assert_eq!(c.api_key.as_deref(), Some("12345"));
+        assert!(c.insecure_skip_verify);
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let problems = load(
+            "api_url: http://127.0.0.1:8080\n\
+             update_frequncy: 10s\n\
+             stale_after: soon\n\
+             trusted_proxies: [10.0.0.0/33]\n\
+             on_lapi_unreachable: maybe\n\
+             ban_status: 200\n\
+             data_dir: /nonexistent-parent/x/data\n\
+             admin_listen: nowhere\n\
+             cert_path: /nonexistent/cert.pem\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "update_frequncy",
+            "stale_after",
+            "trusted_proxies",
+            "on_lapi_unreachable",
+            "ban_status",
+            "data_dir",
+            "admin_listen",
+            "cert_path",
+            "key_path",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {problems:?}");
+        }
+        let typo = problems
+            .iter()
+            .find(|p| p.key == "update_frequncy")
+            .unwrap();
+        assert!(
+            typo.message.contains("did you mean update_frequency"),
+            "{typo}"
+        );
+    }
+
+    #[test]
+    fn api_url_needs_credentials() {
+        let problems = load("api_url: http://127.0.0.1:8080\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "api_key");
+        let problems = load("api_url: ftp://x\napi_key: k\n").unwrap_err();
+        assert_eq!(problems[0].key, "api_url");
+    }
+
+    #[test]
+    fn key_file_must_be_readable_and_exclusive() {
+        let problems = load("api_url: http://x:1\napi_key_file: /nonexistent/key\n").unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.key == "api_key_file"),
+            "{problems:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, "secret\n").unwrap();
+        let c = load(&format!(
+            "api_url: http://x:1\napi_key_file: {}\n",
+            f.display()
+        ))
+        .unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("secret"));
+        let problems = load(&format!("api_key: a\napi_key_file: {}\n", f.display())).unwrap_err();
+        assert_eq!(problems[0].key, "api_key");
+    }
+
+    #[test]
+    fn sizes_and_listeners() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("10"), Some(10));
+        assert_eq!(parse_size("1.5GiB"), None);
+        assert_eq!(
+            Listen::parse("unix:/tmp/a.sock"),
+            Ok(Listen::Unix("/tmp/a.sock".into()))
+        );
+        assert_eq!(
+            Listen::parse("[::1]:7420"),
+            Ok(Listen::Tcp("[::1]:7420".into()))
+        );
+        assert_eq!(Listen::parse("off"), Ok(Listen::Off));
+        assert!(Listen::parse("7420").is_err());
+    }
+}

@@ -1,0 +1,420 @@
+//! The sync loop: a full `startup=true` pull, then deltas every `update_frequency`. A pull
+//! that fails is dropped whole and never removes anything known; because LAPI has already
+//! moved this bouncer's cursor, the next successful pull is a full one again, so nothing is
+//! lost either. Retries back off exponentially with jitter, up to `lapi_retry_max`.
+
+use super::{LapiClient, List, PullError};
+use crate::clock;
+use crate::config::Config;
+use crate::decision::{
+    accept_deleted, accept_new, Decision, Filters, RawDecision, Rejection, Target,
+};
+use crate::persist::Persister;
+use crate::store::{Decider, UnreachablePolicy, Writer};
+use rand::Rng;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+/// What the loop has done, for `/status`, diagnostics and tests.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub pulls_ok: AtomicU64,
+    pub pulls_failed: AtomicU64,
+    /// Decisions skipped as data errors (bad value, unknown scope, ...).
+    pub rejected: AtomicU64,
+    /// Decisions left out by the operator's filters.
+    pub filtered: AtomicU64,
+    /// Unix ms of the last successful pull; 0 before the first.
+    pub last_success_ms: AtomicI64,
+    pub last_duration_ms: AtomicU64,
+    pub first_sync_done: AtomicBool,
+    failures: Mutex<BTreeMap<&'static str, u64>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SyncStats {
+    /// Failed pulls by reason.
+    pub fn failures(&self) -> BTreeMap<&'static str, u64> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap().clone()
+    }
+
+    fn record_failure(&self, e: &PullError) {
+        self.pulls_failed.fetch_add(1, Ordering::Relaxed);
+        *self.failures.lock().unwrap().entry(e.reason()).or_default() += 1;
+        *self.last_error.lock().unwrap() = Some(e.to_string());
+        metrics::counter!(crate::metrics::LAPI_FAILURES, "reason" => e.reason()).increment(1);
+    }
+}
+
+/// Turns decisions from one pull into changes, off the async runtime.
+struct Sink {
+    now_ms: i64,
+    filters: Arc<Filters>,
+    mode: Mode,
+    rejected: BTreeMap<Rejection, u64>,
+    samples: Vec<(Rejection, String)>,
+}
+
+enum Mode {
+    /// A full pull builds a new state from nothing.
+    Full(Writer),
+    /// A delta is collected, then applied only if the whole answer was good.
+    Delta {
+        upserts: Vec<Decision>,
+        deletes: Vec<(i64, Target)>,
+    },
+}
+
+impl super::DecisionSink for Sink {
+    fn take(&mut self, list: List, raw: RawDecision) {
+        let value = raw.value.clone();
+        let outcome = match list {
+            List::New => {
+                accept_new(raw, self.now_ms, &self.filters).map(|d| match &mut self.mode {
+                    Mode::Full(w) => w.insert(&d),
+                    Mode::Delta { upserts, .. } => upserts.push(d),
+                })
+            }
+            List::Deleted => accept_deleted(&raw).map(|(id, target)| {
+                // A full pull starts from nothing: its `deleted` list has nothing to remove.
+                if let Mode::Delta { deletes, .. } = &mut self.mode {
+                    deletes.push((id, target));
+                }
+            }),
+        };
+        if let Err(why) = outcome {
+            // `deleted` entries of filtered-out scopes are expected noise.
+            if list == List::Deleted && why == Rejection::UnsupportedScope {
+                return;
+            }
+            *self.rejected.entry(why).or_default() += 1;
+            if why.is_error() && self.samples.len() < 50 {
+                self.samples
+                    .push((why, value.unwrap_or_else(|| "<none>".into())));
+            }
+        }
+    }
+}
+
+impl PartialOrd for Rejection {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Rejection {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// The loop's settings, taken from the config.
+#[derive(Clone)]
+pub struct SyncSettings {
+    pub update_frequency: Duration,
+    pub stale_after: Duration,
+    pub policy: UnreachablePolicy,
+    pub retry_max: Duration,
+    pub filters: Arc<Filters>,
+}
+
+impl SyncSettings {
+    pub fn from_config(c: &Config) -> SyncSettings {
+        SyncSettings {
+            update_frequency: c.update_frequency,
+            stale_after: c.stale_after,
+            policy: c.on_lapi_unreachable,
+            retry_max: c.lapi_retry_max,
+            filters: Arc::new(Filters {
+                types: c.supported_decisions_types.clone(),
+                origins: c.origins.clone(),
+                scenarios_containing: c
+                    .scenarios_containing
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect(),
+                scenarios_not_containing: c
+                    .scenarios_not_containing
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect(),
+            }),
+        }
+    }
+}
+
+pub struct Syncer {
+    pub client: LapiClient,
+    pub writer: Writer,
+    pub decider: Arc<Decider>,
+    pub persist: Arc<Persister>,
+    pub stats: Arc<SyncStats>,
+    pub settings: SyncSettings,
+    logged_values: HashSet<String>,
+}
+
+impl Syncer {
+    pub fn new(
+        client: LapiClient,
+        writer: Writer,
+        decider: Arc<Decider>,
+        persist: Arc<Persister>,
+        stats: Arc<SyncStats>,
+        settings: SyncSettings,
+    ) -> Syncer {
+        Syncer {
+            client,
+            writer,
+            decider,
+            persist,
+            stats,
+            settings,
+            logged_values: HashSet::new(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let started = Instant::now();
+        let mut last_ok: Option<Instant> = None;
+        let mut need_full = true;
+        let mut failures: u32 = 0;
+        let mut last_purge = Instant::now();
+        info!(
+            "[CROWDSEC_STARTUP] starting decision sync with LAPI at {} every {:?}",
+            self.client.url(),
+            self.settings.update_frequency
+        );
+        loop {
+            let pull = self.pull_once(need_full);
+            let outcome = tokio::select! {
+                r = pull => r,
+                _ = shutdown.changed() => break,
+            };
+            let wait = match outcome {
+                Ok(()) => {
+                    need_full = false;
+                    failures = 0;
+                    last_ok = Some(Instant::now());
+                    if self.decider.outage().is_some() {
+                        info!("LAPI is back: enforcing decisions again");
+                    }
+                    self.decider.set_outage(None);
+                    if last_purge.elapsed() >= Duration::from_secs(60) {
+                        self.purge();
+                        last_purge = Instant::now();
+                    }
+                    self.settings.update_frequency
+                }
+                Err(e) => {
+                    failures += 1;
+                    need_full = true;
+                    self.stats.record_failure(&e);
+                    let wait = backoff(failures, self.settings.retry_max);
+                    if self.stats.first_sync_done.load(Ordering::Relaxed) {
+                        warn!(
+                            "LAPI pull failed ({}), keeping {} known decisions; retry {} in {:.1}s: {e}",
+                            e.reason(),
+                            self.decider.snapshot().len(),
+                            failures,
+                            wait.as_secs_f64()
+                        );
+                    } else {
+                        warn!(
+                            "[CROWDSEC_STARTUP] waiting for LAPI at {} (attempt {}, next in {:.1}s): {e}",
+                            self.client.url(),
+                            failures,
+                            wait.as_secs_f64()
+                        );
+                    }
+                    let since = last_ok.unwrap_or(started).elapsed();
+                    if since >= self.settings.stale_after
+                        && self.settings.policy != UnreachablePolicy::Keep
+                        && self.decider.outage().is_none()
+                    {
+                        error!(
+                            "LAPI unreachable for {:?} (stale_after {:?}): on_lapi_unreachable={:?} now applies",
+                            since, self.settings.stale_after, self.settings.policy
+                        );
+                        self.decider.set_outage(Some(self.settings.policy));
+                    }
+                    if last_purge.elapsed() >= Duration::from_secs(60) {
+                        self.purge();
+                        last_purge = Instant::now();
+                    }
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        info!("decision sync stopped");
+    }
+
+    /// Drops expired decisions from memory and disk (lookups already ignore them).
+    fn purge(&mut self) {
+        let now = clock::now_secs_precise();
+        let n = self.writer.purge_expired(now);
+        if n > 0 {
+            self.writer.publish();
+            self.persist.purge(now);
+            debug!("purged {n} expired decisions");
+        }
+    }
+
+    /// One pull, applied and published only if the whole answer was good.
+    pub async fn pull_once(&mut self, full: bool) -> Result<(), PullError> {
+        let started = Instant::now();
+        let mode = if full {
+            Mode::Full(self.writer.fresh())
+        } else {
+            Mode::Delta {
+                upserts: Vec::new(),
+                deletes: Vec::new(),
+            }
+        };
+        let sink = Sink {
+            now_ms: clock::now_ms(),
+            filters: self.settings.filters.clone(),
+            mode,
+            rejected: BTreeMap::new(),
+            samples: Vec::new(),
+        };
+        let kind = if full { "startup" } else { "delta" };
+        let (mut sink, result) = self.client.pull(full, sink).await;
+        let counts = match result {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(crate::metrics::LAPI_REQUESTS, "kind" => kind, "outcome" => "error")
+                    .increment(1);
+                return Err(e);
+            }
+        };
+        metrics::counter!(crate::metrics::LAPI_REQUESTS, "kind" => kind, "outcome" => "ok")
+            .increment(1);
+        self.report_rejections(&mut sink);
+        let (published, removed) = match sink.mode {
+            Mode::Full(writer) => {
+                self.writer = writer;
+                let snap = self.writer.publish();
+                self.persist.replace(snap.clone());
+                (snap, 0)
+            }
+            Mode::Delta { upserts, deletes } => {
+                let mut removed = 0;
+                for &(id, target) in &deletes {
+                    removed += usize::from(self.writer.remove(id, target));
+                }
+                for d in &upserts {
+                    self.writer.insert(d);
+                }
+                let snap = if upserts.is_empty() && removed == 0 {
+                    self.decider.snapshot()
+                } else {
+                    self.writer.publish()
+                };
+                self.persist
+                    .delta(upserts, deletes.iter().map(|&(id, _)| id).collect());
+                (snap, removed)
+            }
+        };
+        let elapsed = started.elapsed();
+        let total = published.len();
+        self.stats.pulls_ok.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_success_ms
+            .store(clock::now_ms(), Ordering::Relaxed);
+        self.stats
+            .last_duration_ms
+            .store(elapsed.as_millis() as u64, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::LAST_SYNC).set(clock::now_ms() as f64 / 1000.0);
+        metrics::histogram!(crate::metrics::SYNC_DURATION, "kind" => kind)
+            .record(elapsed.as_secs_f64());
+        metrics::gauge!(crate::metrics::ACTIVE_DECISIONS).set(total as f64);
+        metrics::gauge!(crate::metrics::SNAPSHOT_GENERATION).set(published.generation() as f64);
+        if !self.stats.first_sync_done.swap(true, Ordering::Relaxed) {
+            info!(
+                "[CROWDSEC_STARTUP] first sync done: {total} decisions active ({} received) in {} ms",
+                counts.new,
+                elapsed.as_millis()
+            );
+        } else if counts.new + counts.deleted > 0 {
+            info!(
+                "{kind} sync: {} new, {} deleted ({removed} removed), {total} active, {} ms",
+                counts.new,
+                counts.deleted,
+                elapsed.as_millis()
+            );
+        }
+        Ok(())
+    }
+
+    fn report_rejections(&mut self, sink: &mut Sink) {
+        for (&why, &n) in &sink.rejected {
+            metrics::counter!(crate::metrics::DECISIONS_REJECTED, "reason" => why.as_str())
+                .increment(n);
+            if why.is_error() {
+                self.stats.rejected.fetch_add(n, Ordering::Relaxed);
+            } else {
+                self.stats.filtered.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for (why, value) in sink.samples.drain(..) {
+            // Log each bad value once, not at every resync.
+            if self.logged_values.len() < 10_000 && self.logged_values.insert(value.clone()) {
+                warn!("skipping decision with value {value:?}: {}", why.as_str());
+            }
+        }
+        let errors: u64 = sink
+            .rejected
+            .iter()
+            .filter(|(w, _)| w.is_error())
+            .map(|(_, n)| n)
+            .sum();
+        if errors > 0 {
+            warn!("skipped {errors} unusable decisions in this pull (see cerberus_decisions_rejected_total)");
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: between half and all of `min(cap, 1s * 2^(n-1))`.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exp = Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let ceiling = exp.min(cap).max(Duration::from_millis(100));
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(30);
+        for _ in 0..50 {
+            let b1 = backoff(1, cap);
+            assert!(
+                b1 >= Duration::from_millis(500) && b1 <= Duration::from_secs(1),
+                "{b1:?}"
+            );
+            let b4 = backoff(4, cap);
+            assert!(
+                b4 >= Duration::from_secs(4) && b4 <= Duration::from_secs(8),
+                "{b4:?}"
+            );
+            let b20 = backoff(20, cap);
+            assert!(b20 >= Duration::from_secs(15) && b20 <= cap, "{b20:?}");
+        }
+    }
+}

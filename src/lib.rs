@@ -1,0 +1,20 @@
+//! cerberus: a CrowdSec remediation component (bouncer) for Caddy.
+//!
+//! # Layout
+//! - [`config`]: the YAML config, `CERBERUS_<KEY>` overrides and `cerberus check`.
+//! - [`decision`]: LAPI decisions parsed and normalised; remediation order.
+//! - [`store`]: the snapshot that lookups read (no I/O), its writer, and the decider.
+//! - [`lapi`]: the LAPI client (streaming parse) and the sync loop.
+//! - [`persist`]: SQLite in `data_dir`: decisions, settings, local overrides.
+//! - [`app`]: wires the parts together under one shutdown signal.
+//! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod duration;
+pub mod lapi;
+pub mod metrics;
+pub mod persist;
+pub mod store;

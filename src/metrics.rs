@@ -1,0 +1,32 @@
+//! Metric names in one place. Counters end in `_total`, durations in `_seconds`; no label
+//! takes unbounded values (never an IP). Without an installed recorder the macros cost
+//! next to nothing; the admin API installs the Prometheus exporter.
+
+/// LAPI pulls by `kind` (startup, delta) and `outcome` (ok, error).
+pub const LAPI_REQUESTS: &str = "cerberus_lapi_requests_total";
+/// Failed LAPI pulls by `reason` (connect, timeout, forbidden, status_5xx, ...).
+pub const LAPI_FAILURES: &str = "cerberus_lapi_failures_total";
+/// Decisions not taken, by `reason` (bad_value, unsupported_scope, filtered_type, ...).
+pub const DECISIONS_REJECTED: &str = "cerberus_decisions_rejected_total";
+/// Decisions in the published snapshot.
+pub const ACTIVE_DECISIONS: &str = "cerberus_active_decisions";
+/// Unix time of the last successful pull.
+pub const LAST_SYNC: &str = "cerberus_last_sync_timestamp_seconds";
+/// Duration of successful pulls by `kind`.
+pub const SYNC_DURATION: &str = "cerberus_sync_duration_seconds";
+/// Generation of the published snapshot.
+pub const SNAPSHOT_GENERATION: &str = "cerberus_snapshot_generation";
+/// Writes to SQLite that failed.
+pub const PERSIST_ERRORS: &str = "cerberus_persist_errors_total";
+
+/// Every name above, for tests and the exporter's descriptions.
+pub const ALL: &[&str] = &[
+    LAPI_REQUESTS,
+    LAPI_FAILURES,
+    DECISIONS_REJECTED,
+    ACTIVE_DECISIONS,
+    LAST_SYNC,
+    SYNC_DURATION,
+    SNAPSHOT_GENERATION,
+    PERSIST_ERRORS,
+];

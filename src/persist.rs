@@ -1,0 +1,454 @@
+//! SQLite in `data_dir` (WAL): the decisions, settings and local overrides, so that
+//! blocking resumes at once after a restart. Reads happen at start; every write goes
+//! through one writer thread, in order, off the async runtime.
+
+use crate::decision::{Decision, Target};
+use crate::store::Snapshot;
+use rusqlite::{params, Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tracing::{debug, error, info, warn};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    value TEXT NOT NULL,
+    type TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    scenario TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS overrides (
+    value TEXT NOT NULL,
+    decision_id INTEGER NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (value, decision_id)
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot move the corrupt database {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The database, opened and checked.
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What loading found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    pub decisions: usize,
+    pub expired: usize,
+    pub unreadable: usize,
+}
+
+impl Db {
+    /// Opens `data_dir/cerberus.db`, creating it if needed. A file that is not a database or
+    /// fails SQLite's quick check is moved aside (`cerberus.db.corrupt-<unix time>`) and a new
+    /// one is created: LAPI is the source of truth and refills it.
+    pub fn open(data_dir: &Path) -> Result<Db, PersistError> {
+        let path = data_dir.join("cerberus.db");
+        match Db::open_checked(&path) {
+            Ok(db) => Ok(db),
+            Err(e) => {
+                let aside = data_dir.join(format!(
+                    "cerberus.db.corrupt-{}",
+                    crate::clock::now_secs_precise()
+                ));
+                error!(
+                    "database {} is unusable ({e}); moving it to {} and starting with an empty one \
+                     (decisions come back with the next LAPI sync)",
+                    path.display(),
+                    aside.display()
+                );
+                std::fs::rename(&path, &aside).map_err(|source| PersistError::MoveAside {
+                    path: path.clone(),
+                    source,
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let side = PathBuf::from(format!("{}{suffix}", path.display()));
+                    if side.exists() {
+                        let _ = std::fs::rename(&side, format!("{}{suffix}", aside.display()));
+                    }
+                }
+                Db::open_checked(&path)
+            }
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<Db, PersistError> {
+        let wrap = |source| PersistError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .map_err(wrap)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(wrap)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(wrap)?;
+        if check != "ok" {
+            return Err(wrap(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!("quick_check: {check}")),
+            )));
+        }
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(wrap)?;
+        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        Ok(Db {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Feeds every persisted, unexpired decision to `f`.
+    pub fn load_decisions(
+        &self,
+        now: u32,
+        mut f: impl FnMut(Decision),
+    ) -> Result<Loaded, PersistError> {
+        let wrap = |source| PersistError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let mut loaded = Loaded::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, value, type, origin, scenario, expires_at FROM decisions")
+            .map_err(wrap)?;
+        let mut rows = stmt.query([]).map_err(wrap)?;
+        while let Some(row) = rows.next().map_err(wrap)? {
+            let expires_at: i64 = row.get(5).map_err(wrap)?;
+            if expires_at <= now as i64 {
+                loaded.expired += 1;
+                continue;
+            }
+            let value: String = row.get(1).map_err(wrap)?;
+            let Some(target) = Target::parse(&value) else {
+                warn!("skipping persisted decision with unreadable value {value:?}");
+                loaded.unreadable += 1;
+                continue;
+            };
+            f(Decision {
+                id: row.get(0).map_err(wrap)?,
+                target,
+                type_name: row.get(2).map_err(wrap)?,
+                origin: row.get(3).map_err(wrap)?,
+                scenario: row.get(4).map_err(wrap)?,
+                expires_at: expires_at.clamp(0, u32::MAX as i64) as u32,
+            });
+            loaded.decisions += 1;
+        }
+        Ok(loaded)
+    }
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>, PersistError> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(|source| PersistError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Moves the connection to a writer thread and returns the handle that feeds it.
+    pub fn into_writer(self) -> Persister {
+        let (tx, rx) = mpsc::channel::<Op>();
+        let thread = std::thread::Builder::new()
+            .name("cerberus-persist".into())
+            .spawn(move || writer_loop(self, rx))
+            .expect("spawn persist thread");
+        Persister {
+            tx,
+            thread: Some(thread),
+        }
+    }
+}
+
+enum Op {
+    Replace(Arc<Snapshot>),
+    Delta {
+        upserts: Vec<Decision>,
+        deletes: Vec<i64>,
+    },
+    Purge(u32),
+    Setting(String, String),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Queues writes for the persist thread. Cloning the sender is cheap; dropping the last
+/// `Persister` lets the thread finish what is queued and exit.
+pub struct Persister {
+    tx: mpsc::Sender<Op>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Persister {
+    /// Replaces every stored decision with the snapshot's (after a full sync).
+    pub fn replace(&self, snapshot: Arc<Snapshot>) {
+        self.send(Op::Replace(snapshot));
+    }
+
+    pub fn delta(&self, upserts: Vec<Decision>, deletes: Vec<i64>) {
+        if !upserts.is_empty() || !deletes.is_empty() {
+            self.send(Op::Delta { upserts, deletes });
+        }
+    }
+
+    pub fn purge(&self, now: u32) {
+        self.send(Op::Purge(now));
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) {
+        self.send(Op::Setting(key.into(), value.into()));
+    }
+
+    /// Waits until everything queued so far is written.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Flush(tx));
+        let _ = rx.recv();
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn close(mut self) {
+        self.flush();
+        let (dead_tx, _) = mpsc::channel();
+        self.tx = dead_tx;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn send(&self, op: Op) {
+        if self.tx.send(op).is_err() {
+            error!("persist thread is gone; the change is kept in memory only");
+        }
+    }
+}
+
+fn writer_loop(mut db: Db, rx: mpsc::Receiver<Op>) {
+    while let Ok(op) = rx.recv() {
+        let what = match &op {
+            Op::Replace(_) => "full replace",
+            Op::Delta { .. } => "delta",
+            Op::Purge(_) => "purge",
+            Op::Setting(..) => "setting",
+            Op::Flush(_) => "flush",
+        };
+        let started = std::time::Instant::now();
+        let result = match op {
+            Op::Replace(snap) => write_replace(&mut db.conn, &snap),
+            Op::Delta { upserts, deletes } => write_delta(&mut db.conn, &upserts, &deletes),
+            Op::Purge(now) => db
+                .conn
+                .execute("DELETE FROM decisions WHERE expires_at <= ?1", [now])
+                .map(|_| ()),
+            Op::Setting(k, v) => db
+                .conn
+                .execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![k, v],
+                )
+                .map(|_| ()),
+            Op::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => debug!("persisted {what} in {:?}", started.elapsed()),
+            Err(e) => {
+                metrics::counter!(crate::metrics::PERSIST_ERRORS).increment(1);
+                error!(
+                    "could not persist a {what} to {}: {e}; memory stays right, a restart \
+                     before the next full sync may enforce stale data",
+                    db.path.display()
+                );
+            }
+        }
+    }
+}
+
+fn write_replace(conn: &mut Connection, snap: &Snapshot) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM decisions", [])?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT OR REPLACE INTO decisions (id, value, type, origin, scenario, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut result = Ok(());
+        snap.for_each(|target, v, meta| {
+            if result.is_ok() {
+                result = insert
+                    .execute(params![
+                        v.id(),
+                        target.to_string(),
+                        &*meta.type_name,
+                        &*meta.origin,
+                        &*meta.scenario,
+                        v.expires_at()
+                    ])
+                    .map(|_| ());
+            }
+        });
+        result?;
+    }
+    tx.commit()?;
+    // Keep the WAL from growing with every full sync.
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    info!("persisted {} decisions", snap.len());
+    Ok(())
+}
+
+fn write_delta(
+    conn: &mut Connection,
+    upserts: &[Decision],
+    deletes: &[i64],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut del = tx.prepare("DELETE FROM decisions WHERE id = ?1")?;
+        for id in deletes {
+            del.execute([id])?;
+        }
+        let mut insert = tx.prepare(
+            "INSERT OR REPLACE INTO decisions (id, value, type, origin, scenario, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for d in upserts {
+            insert.execute(params![
+                d.id,
+                d.target.to_string(),
+                d.type_name,
+                d.origin,
+                d.scenario,
+                d.expires_at
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Decider;
+
+    fn dec(id: i64, value: &str, expires_at: u32) -> Decision {
+        Decision {
+            id,
+            target: Target::parse(value).unwrap(),
+            type_name: "ban".into(),
+            origin: "cscli".into(),
+            scenario: "test".into(),
+            expires_at,
+        }
+    }
+
+    fn load_all(dir: &Path, now: u32) -> (Vec<Decision>, Loaded) {
+        let db = Db::open(dir).unwrap();
+        let mut out = Vec::new();
+        let loaded = db.load_decisions(now, |d| out.push(d)).unwrap();
+        out.sort_by_key(|d| d.id);
+        (out, loaded)
+    }
+
+    #[test]
+    fn replace_delta_purge_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let decider = Decider::new();
+        let mut w = decider.writer();
+        for d in [
+            dec(1, "192.0.2.1", 100),
+            dec(2, "10.0.0.0/8", 200),
+            dec(3, "2001:db8::1", 300),
+        ] {
+            w.insert(&d);
+        }
+        w.insert(&Decision {
+            type_name: "captcha".into(),
+            ..dec(4, "192.0.2.1", 400)
+        });
+        let snap = w.publish();
+        let p = Db::open(dir.path()).unwrap().into_writer();
+        p.replace(snap);
+        p.delta(vec![dec(5, "2001:db8::/32", 500)], vec![3]);
+        p.set_setting("enabled", "false");
+        p.close();
+        let (all, loaded) = load_all(dir.path(), 0);
+        assert_eq!(loaded.decisions, 4);
+        let values: Vec<(i64, String, String)> = all
+            .iter()
+            .map(|d| (d.id, d.target.to_string(), d.type_name.clone()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                (1, "192.0.2.1".into(), "ban".into()),
+                (2, "10.0.0.0/8".into(), "ban".into()),
+                (4, "192.0.2.1".into(), "captcha".into()),
+                (5, "2001:db8::/32".into(), "ban".into()),
+            ]
+        );
+        let (_, loaded) = load_all(dir.path(), 250);
+        assert_eq!((loaded.decisions, loaded.expired), (2, 2));
+        let p = Db::open(dir.path()).unwrap();
+        assert_eq!(p.setting("enabled").unwrap().as_deref(), Some("false"));
+        assert_eq!(p.setting("missing").unwrap(), None);
+        let p = p.into_writer();
+        p.purge(250);
+        p.close();
+        let (all, _) = load_all(dir.path(), 0);
+        assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cerberus.db"), vec![0x42u8; 8192]).unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.load_decisions(0, |_| {}).unwrap(), Loaded::default());
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("cerberus.db.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+    }
+}
