@@ -1,1 +1,216 @@
-fn main() {}
+//! Snapshot benchmarks against the DESIGN.md budget:
+//! - lookup median with 1M single IPv4 + 10k ranges, half hits, against one radix trie
+//!   (ip_network_table) holding everything, in the same run;
+//! - a 1k-decision delta (500 new, 500 deleted) applied and published on the 1M set.
+//!
+//! Run: `cargo bench --bench snapshot`
+
+use cerberus::decision::{Decision, Target};
+use cerberus::store::Decider;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use ip_network_table::IpNetworkTable;
+use ipnet::IpNet;
+use rand::{Rng, SeedableRng};
+use std::net::{IpAddr, Ipv4Addr};
+
+const SINGLES: usize = 1_000_000;
+const RANGES: usize = 10_000;
+const FAR_FUTURE: u32 = u32::MAX - 1;
+
+fn decision(id: i64, target: Target) -> Decision {
+    Decision {
+        id,
+        target,
+        type_name: "ban".into(),
+        origin: "lists".into(),
+        scenario: "firehol".into(),
+        expires_at: FAR_FUTURE,
+    }
+}
+
+struct Data {
+    singles: Vec<u32>,
+    ranges: Vec<(u32, u8)>,
+}
+
+fn data() -> Data {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut seen = ahash::AHashSet::new();
+    let mut singles = Vec::with_capacity(SINGLES);
+    while singles.len() < SINGLES {
+        let a: u32 = rng.gen();
+        if seen.insert(a) {
+            singles.push(a);
+        }
+    }
+    let ranges = (0..RANGES)
+        .map(|_| {
+            let prefix = rng.gen_range(16..=28u8);
+            let addr: u32 = rng.gen::<u32>() & (u32::MAX << (32 - prefix));
+            (addr, prefix)
+        })
+        .collect();
+    Data { singles, ranges }
+}
+
+fn lookups(c: &mut Criterion) {
+    let data = data();
+    let decider = Decider::new();
+    let mut writer = decider.writer();
+    let mut trie: IpNetworkTable<u32> = IpNetworkTable::new();
+    for (i, &a) in data.singles.iter().enumerate() {
+        writer.insert(&decision(
+            i as i64,
+            Target::from_ip(IpAddr::V4(Ipv4Addr::from(a))),
+        ));
+        trie.insert(
+            ip_network::Ipv4Network::new(Ipv4Addr::from(a), 32).unwrap(),
+            i as u32,
+        );
+    }
+    for (i, &(a, p)) in data.ranges.iter().enumerate() {
+        let net: IpNet = format!("{}/{p}", Ipv4Addr::from(a)).parse().unwrap();
+        writer.insert(&decision((SINGLES + i) as i64, Target::from_net(net)));
+        trie.insert(
+            ip_network::Ipv4Network::new(Ipv4Addr::from(a), p).unwrap(),
+            (SINGLES + i) as u32,
+        );
+    }
+    let snap = writer.publish();
+    let singles_only = {
+        let d = Decider::new();
+        let mut w = d.writer();
+        for (i, &a) in data.singles.iter().enumerate() {
+            w.insert(&decision(
+                i as i64,
+                Target::from_ip(IpAddr::V4(Ipv4Addr::from(a))),
+            ));
+        }
+        w.publish()
+    };
+    // Half hits (known single IPs), half random addresses (mostly misses).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let queries: Vec<IpAddr> = (0..1 << 16)
+        .map(|i| {
+            let a = if i % 2 == 0 {
+                data.singles[rng.gen_range(0..SINGLES)]
+            } else {
+                rng.gen()
+            };
+            IpAddr::V4(Ipv4Addr::from(a))
+        })
+        .collect();
+    let hits = queries
+        .iter()
+        .filter(|q| snap.lookup(**q, 0).is_some())
+        .count();
+    eprintln!(
+        "{} decisions, {hits} of {} queries hit",
+        snap.len(),
+        queries.len()
+    );
+
+    let mut g = c.benchmark_group("lookup_1M_ips_10k_ranges_half_hits");
+    let mut i = 0usize;
+    g.bench_function("snapshot", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            black_box(snap.lookup(black_box(queries[i]), 0).is_some())
+        })
+    });
+    g.bench_function("snapshot_singles_only", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            black_box(singles_only.lookup(black_box(queries[i]), 0).is_some())
+        })
+    });
+    g.bench_function("decider_hot_path", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            decider.decide(black_box(queries[i]), 0, |_, hit| black_box(hit.is_some()))
+        })
+    });
+    g.bench_function("radix_trie_ip_network_table", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            let IpAddr::V4(a) = queries[i] else {
+                unreachable!()
+            };
+            black_box(trie.longest_match(black_box(a)).is_some())
+        })
+    });
+    // Reference point: the single IPs alone in a std HashMap with ahash (no ranges, no
+    // expiry, no metadata), the floor DESIGN.md quotes.
+    let plain: ahash::AHashMap<u32, u32> = data
+        .singles
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| (a, i as u32))
+        .collect();
+    g.bench_function("reference_std_hashmap_singles_only", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            let IpAddr::V4(a) = queries[i] else {
+                unreachable!()
+            };
+            black_box(plain.get(&u32::from(black_box(a))).is_some())
+        })
+    });
+    let fat: ahash::AHashMap<u32, [u32; 4]> = data
+        .singles
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| (a, [i as u32; 4]))
+        .collect();
+    g.finish();
+
+    // A 1k delta on the 1M set: 500 new IPs, 500 deleted, published.
+    let mut next_id = (SINGLES + RANGES) as i64;
+    let mut live: std::collections::VecDeque<(i64, Target)> = std::collections::VecDeque::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    for _ in 0..500 {
+        let t = Target::from_ip(IpAddr::V4(Ipv4Addr::from(rng.gen::<u32>())));
+        writer.insert(&decision(next_id, t));
+        live.push_back((next_id, t));
+        next_id += 1;
+    }
+    writer.publish();
+    let mut g = c.benchmark_group("delta_1k_on_1M");
+    g.sample_size(30);
+    g.bench_function("apply_and_publish", |b| {
+        b.iter(|| {
+            for _ in 0..500 {
+                let (id, t) = live.pop_front().unwrap();
+                writer.remove(id, t);
+                let t = Target::from_ip(IpAddr::V4(Ipv4Addr::from(rng.gen::<u32>())));
+                writer.insert(&decision(next_id, t));
+                live.push_back((next_id, t));
+                next_id += 1;
+            }
+            black_box(writer.publish().generation())
+        })
+    });
+    g.bench_function("apply_and_publish_with_a_range", |b| {
+        b.iter(|| {
+            for _ in 0..499 {
+                let (id, t) = live.pop_front().unwrap();
+                writer.remove(id, t);
+                let t = Target::from_ip(IpAddr::V4(Ipv4Addr::from(rng.gen::<u32>())));
+                writer.insert(&decision(next_id, t));
+                live.push_back((next_id, t));
+                next_id += 1;
+            }
+            let net: IpNet = format!("{}/24", Ipv4Addr::from(rng.gen::<u32>() & 0xffff_ff00))
+                .parse()
+                .unwrap();
+            writer.insert(&decision(next_id, Target::from_net(net)));
+            live.push_back((next_id, Target::from_net(net)));
+            next_id += 1;
+            black_box(writer.publish().generation())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);

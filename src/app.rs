@@ -46,6 +46,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
     .await??;
     writer = writer_back;
+    writer.compact();
     let snap = writer.publish();
     if enabled.as_deref() == Some("false") {
         decider.set_enabled(false);

@@ -672,7 +672,11 @@ impl Reader {
 
 /// Close enough to be a typo: at most two edits apart (case and `-` ignored).
 fn similar(known: &str, given: &str) -> bool {
-    let given: Vec<char> = given.to_ascii_lowercase().replace('-', "_").chars().collect();
+    let given: Vec<char> = given
+        .to_ascii_lowercase()
+        .replace('-', "_")
+        .chars()
+        .collect();
     let known: Vec<char> = known.chars().collect();
     let mut prev: Vec<usize> = (0..=given.len()).collect();
     for (i, k) in known.iter().enumerate() {

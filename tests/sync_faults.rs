@@ -137,10 +137,26 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
     assert!(!banned("192.0.2.2"));
 
     let faults = [
-        (Behaviour::Status(500, "internal error"), "status_5xx", "HTTP 500"),
-        (Behaviour::Status(403, r#"{"message":"access forbidden"}"#), "forbidden", "403"),
-        (Behaviour::Body("{not json"), "invalid_json", "not valid decision JSON"),
-        (Behaviour::Body("<html>bad gateway</html>"), "invalid_json", "not valid decision JSON"),
+        (
+            Behaviour::Status(500, "internal error"),
+            "status_5xx",
+            "HTTP 500",
+        ),
+        (
+            Behaviour::Status(403, r#"{"message":"access forbidden"}"#),
+            "forbidden",
+            "403",
+        ),
+        (
+            Behaviour::Body("{not json"),
+            "invalid_json",
+            "not valid decision JSON",
+        ),
+        (
+            Behaviour::Body("<html>bad gateway</html>"),
+            "invalid_json",
+            "not valid decision JSON",
+        ),
         (Behaviour::Truncated, "truncated", "cut short"),
         (Behaviour::DeclaredHuge, "too_large", "lapi_max_body"),
         (Behaviour::StreamedHuge, "too_large", "lapi_max_body"),
@@ -154,9 +170,18 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
         })
         .await;
         // Nothing known was lost, nothing from the bad answer got in.
-        assert!(banned("192.0.2.1") && banned("2001:db8::1") && banned("198.51.100.77"), "{reason}");
-        assert!(!banned("203.0.113.9"), "{reason}: a dropped answer leaked in");
-        assert!(logs.text().contains(message), "{reason}: log lacks {message:?}");
+        assert!(
+            banned("192.0.2.1") && banned("2001:db8::1") && banned("198.51.100.77"),
+            "{reason}"
+        );
+        assert!(
+            !banned("203.0.113.9"),
+            "{reason}: a dropped answer leaked in"
+        );
+        assert!(
+            logs.text().contains(message),
+            "{reason}: log lacks {message:?}"
+        );
         // Recovery: LAPI is fine again, with one more decision; it arrives by a full resync.
         let ok_before = app.stats.pulls_ok.load(Ordering::Relaxed);
         {
@@ -168,8 +193,17 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
             app.stats.pulls_ok.load(Ordering::Relaxed) > ok_before
         })
         .await;
-        let first = state.lock().unwrap().requests.first().cloned().unwrap_or_default();
-        assert!(first.contains("startup=true"), "{reason}: recovery pull was {first}");
+        let first = state
+            .lock()
+            .unwrap()
+            .requests
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            first.contains("startup=true"),
+            "{reason}: recovery pull was {first}"
+        );
         assert!(banned("192.0.2.1"));
     }
     assert!(app.stats.pulls_failed.load(Ordering::Relaxed) >= 8);
@@ -183,7 +217,10 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
     );
     state.lock().unwrap().behaviour = Behaviour::Status(502, "bad gateway");
     let failed = app.stats.pulls_failed.load(Ordering::Relaxed);
-    common::wait_for("a 502", 10, || app.stats.pulls_failed.load(Ordering::Relaxed) > failed).await;
+    common::wait_for("a 502", 10, || {
+        app.stats.pulls_failed.load(Ordering::Relaxed) > failed
+    })
+    .await;
     state.lock().unwrap().behaviour = Behaviour::Serve;
     common::wait_for("resync", 10, || banned("203.0.113.50")).await;
     assert!(!banned("2001:db8::1"));
@@ -212,19 +249,26 @@ async fn bad_decisions_are_skipped_counted_and_logged_once() {
         .await
         .unwrap();
     let d = app.decider.clone();
-    common::wait_for("first sync", 10, || !d.answer("192.0.2.1".parse().unwrap()).allows()).await;
+    common::wait_for("first sync", 10, || {
+        !d.answer("192.0.2.1".parse().unwrap()).allows()
+    })
+    .await;
     assert!(d.answer("192.0.2.5".parse().unwrap()).allows());
     assert_eq!(app.stats.rejected.load(Ordering::Relaxed), 4);
     let text = logs.text();
     for value in ["not-an-ip", "FR", "10.0.0.0/99", "192.0.2.5"] {
         assert_eq!(
-            text.matches(&format!("skipping decision with value \"{value}\"")).count(),
+            text.matches(&format!("skipping decision with value \"{value}\""))
+                .count(),
             1,
             "{value} should be logged exactly once"
         );
     }
     // The user agent and the filters reach LAPI.
     let first = state.lock().unwrap().requests[0].clone();
-    assert!(first.contains("scopes=ip%2Crange") && first.contains("startup=true"), "{first}");
+    assert!(
+        first.contains("scopes=ip%2Crange") && first.contains("startup=true"),
+        "{first}"
+    );
     app.stop().await;
 }

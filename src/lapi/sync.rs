@@ -306,6 +306,7 @@ impl Syncer {
         let (published, removed) = match sink.mode {
             Mode::Full(writer) => {
                 self.writer = writer;
+                self.writer.compact();
                 let snap = self.writer.publish();
                 self.persist.replace(snap.clone());
                 (snap, 0)

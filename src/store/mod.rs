@@ -7,6 +7,7 @@
 //! (`ban > captcha > throttle > other`), and among equals the one that expires last.
 
 mod ranges;
+mod table;
 
 use crate::decision::{normalize_ip, Decision, Remediation, Target};
 use ahash::RandomState;
@@ -17,6 +18,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use table::{Key, Table};
 
 type Map<K, V> = HashMap<K, V, RandomState>;
 
@@ -34,6 +36,13 @@ pub struct Verdict {
 const MORE: u32 = 1 << 31;
 
 impl Verdict {
+    const EMPTY: Verdict = Verdict {
+        id_lo: 0,
+        id_hi: 0,
+        expires: 0,
+        meta: 0,
+    };
+
     fn new(id: i64, expires: u32, meta: u32) -> Verdict {
         Verdict {
             id_lo: id as u64 as u32,
@@ -91,8 +100,8 @@ impl Hit<'_> {
 /// the writer copies a part only when it changes it.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    v4: Arc<Map<u32, Verdict>>,
-    v6: Arc<Map<u128, Verdict>>,
+    v4: Table<u32>,
+    v6: Table<u128>,
     multi4: Arc<Map<u32, Arc<[Verdict]>>>,
     multi6: Arc<Map<u128, Arc<[Verdict]>>>,
     ranges: Arc<RangeTable>,
@@ -111,7 +120,7 @@ impl Snapshot {
                 let key = u32::from(a);
                 let exact = self
                     .v4
-                    .get(&key)
+                    .get(key)
                     .and_then(|v| self.live_exact(*v, now, || self.multi4.get(&key)));
                 let range = if self.ranges.is_empty() {
                     None
@@ -124,7 +133,7 @@ impl Snapshot {
                 let key = u128::from(a);
                 let exact = self
                     .v6
-                    .get(&key)
+                    .get(key)
                     .and_then(|v| self.live_exact(*v, now, || self.multi6.get(&key)));
                 let range = if self.ranges.is_empty() {
                     None
@@ -170,6 +179,11 @@ impl Snapshot {
         (self.metas[v.meta_index()].remediation, v.expires)
     }
 
+    /// Bytes held by the single-IP tables (the bulk of the memory).
+    pub fn table_bytes(&self) -> usize {
+        self.v4.heap_bytes() + self.v6.heap_bytes()
+    }
+
     /// Incremented by every publish.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -189,7 +203,7 @@ impl Snapshot {
     /// Every decision held, as full records (for persistence and the admin API).
     pub fn for_each(&self, mut f: impl FnMut(Target, Verdict, &Meta)) {
         let mut emit = |target: Target, v: Verdict| f(target, v, &self.metas[v.meta_index()]);
-        for (&k, &v) in self.v4.iter() {
+        self.v4.for_each(|k, v| {
             let t = Target::V4 {
                 addr: k,
                 prefix: 32,
@@ -198,8 +212,8 @@ impl Snapshot {
                 (true, Some(list)) => list.iter().for_each(|v| emit(t, *v)),
                 _ => emit(t, v),
             }
-        }
-        for (&k, &v) in self.v6.iter() {
+        });
+        self.v6.for_each(|k, v| {
             let t = Target::V6 {
                 addr: k,
                 prefix: 128,
@@ -208,7 +222,7 @@ impl Snapshot {
                 (true, Some(list)) => list.iter().for_each(|v| emit(t, *v)),
                 _ => emit(t, v),
             }
-        }
+        });
         for &(t, v) in self.range_list.iter() {
             emit(t, v);
         }
@@ -268,20 +282,12 @@ impl Writer {
         let v = Verdict::new(d.id, d.expires_at, meta);
         let metas = &self.next.metas;
         match d.target {
-            Target::V4 { addr, prefix: 32 } => upsert(
-                Arc::make_mut(&mut self.next.v4),
-                &mut self.next.multi4,
-                addr,
-                v,
-                metas,
-            ),
-            Target::V6 { addr, prefix: 128 } => upsert(
-                Arc::make_mut(&mut self.next.v6),
-                &mut self.next.multi6,
-                addr,
-                v,
-                metas,
-            ),
+            Target::V4 { addr, prefix: 32 } => {
+                upsert(&mut self.next.v4, &mut self.next.multi4, addr, v, metas)
+            }
+            Target::V6 { addr, prefix: 128 } => {
+                upsert(&mut self.next.v6, &mut self.next.multi6, addr, v, metas)
+            }
             range => {
                 self.ranges.insert((range, d.id), v);
                 self.ranges_dirty = true;
@@ -295,28 +301,10 @@ impl Writer {
         let metas = &self.next.metas;
         match target {
             Target::V4 { addr, prefix: 32 } => {
-                if !self.next.v4.contains_key(&addr) {
-                    return false;
-                }
-                remove_id(
-                    Arc::make_mut(&mut self.next.v4),
-                    &mut self.next.multi4,
-                    addr,
-                    id,
-                    metas,
-                )
+                remove_id(&mut self.next.v4, &mut self.next.multi4, addr, id, metas)
             }
             Target::V6 { addr, prefix: 128 } => {
-                if !self.next.v6.contains_key(&addr) {
-                    return false;
-                }
-                remove_id(
-                    Arc::make_mut(&mut self.next.v6),
-                    &mut self.next.multi6,
-                    addr,
-                    id,
-                    metas,
-                )
+                remove_id(&mut self.next.v6, &mut self.next.multi6, addr, id, metas)
             }
             range => {
                 let removed = self.ranges.remove(&(range, id)).is_some();
@@ -362,6 +350,12 @@ impl Writer {
         self.ranges.clear();
         self.ranges_dirty = true;
         self.meta_ids.clear();
+    }
+
+    /// Shrinks the single-IP tables to a load of about 0.55 (after a full sync).
+    pub fn compact(&mut self) {
+        self.next.v4.compact();
+        self.next.v6.compact();
     }
 
     /// Makes every change since the last publish visible to lookups, atomically.
@@ -426,15 +420,15 @@ fn sort_strongest_first(list: &mut [Verdict], metas: &[Meta]) {
     });
 }
 
-fn upsert<K: Hash + Eq + Copy>(
-    map: &mut Map<K, Verdict>,
+fn upsert<K: Key + Hash>(
+    map: &mut Table<K>,
     multi: &mut Arc<Map<K, Arc<[Verdict]>>>,
     key: K,
     v: Verdict,
     metas: &[Meta],
 ) {
     let v = v.with_more(false);
-    let existing = match map.get(&key) {
+    let existing = match map.get(key) {
         None => {
             map.insert(key, v);
             return;
@@ -451,14 +445,14 @@ fn upsert<K: Hash + Eq + Copy>(
     store_list(map, multi, key, list, metas);
 }
 
-fn remove_id<K: Hash + Eq + Copy>(
-    map: &mut Map<K, Verdict>,
+fn remove_id<K: Key + Hash>(
+    map: &mut Table<K>,
     multi: &mut Arc<Map<K, Arc<[Verdict]>>>,
     key: K,
     id: i64,
     metas: &[Meta],
 ) -> bool {
-    let Some(&existing) = map.get(&key) else {
+    let Some(&existing) = map.get(key) else {
         return false;
     };
     let mut list: Vec<Verdict> = if existing.has_more() {
@@ -476,17 +470,17 @@ fn remove_id<K: Hash + Eq + Copy>(
 }
 
 /// Stores a key's decisions: the strongest inline, all of them in `multi` when several.
-fn store_list<K: Hash + Eq + Copy>(
-    map: &mut Map<K, Verdict>,
+fn store_list<K: Key + Hash>(
+    map: &mut Table<K>,
     multi: &mut Arc<Map<K, Arc<[Verdict]>>>,
     key: K,
     mut list: Vec<Verdict>,
     metas: &[Meta],
 ) {
-    let had_multi = map.get(&key).is_some_and(|v| v.has_more());
+    let had_multi = map.get(key).is_some_and(|v| v.has_more());
     match list.len() {
         0 => {
-            map.remove(&key);
+            map.remove(key);
         }
         1 => {
             map.insert(key, list[0].with_more(false));
