@@ -2,7 +2,7 @@
 //! bodies (declared and streamed), and a hang. Each time the known decisions stay enforced,
 //! the error is logged and counted, and sync recovers (with a full resync) when LAPI does.
 
-mod common;
+mod support;
 
 use cerberus::decision::Remediation;
 use std::sync::atomic::Ordering;
@@ -110,7 +110,7 @@ async fn start_mock(state: Arc<Mutex<Mock>>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_never_remove_known_decisions_and_sync_recovers() {
-    let logs = common::logs();
+    let logs = support::logs();
     let body = |extra: &str| {
         format!(
             r#"{{"new":[{},{},{}{extra}],"deleted":null}}"#,
@@ -126,13 +126,13 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
     }));
     let url = start_mock(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(dir.path(), Some(&url), Some("test-key"));
+    let mut config = support::config(dir.path(), Some(&url), Some("test-key"));
     config.lapi_max_body = 64 * 1024;
     config.lapi_timeout = std::time::Duration::from_secs(1);
     let app = cerberus::app::start(config).await.unwrap();
     let d = app.decider.clone();
     let banned = |ip: &str| d.answer(ip.parse().unwrap()).remediation == Some(Remediation::Ban);
-    common::wait_for("first sync", 10, || banned("192.0.2.1")).await;
+    support::wait_for("first sync", 10, || banned("192.0.2.1")).await;
     assert!(banned("2001:db8::1") && banned("198.51.100.77"));
     assert!(!banned("192.0.2.2"));
 
@@ -165,7 +165,7 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
     for (behaviour, reason, message) in faults {
         let before = app.stats.failures().get(reason).copied().unwrap_or(0);
         state.lock().unwrap().behaviour = behaviour;
-        common::wait_for(&format!("a {reason} failure"), 15, || {
+        support::wait_for(&format!("a {reason} failure"), 15, || {
             app.stats.failures().get(reason).copied().unwrap_or(0) > before
         })
         .await;
@@ -189,7 +189,7 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
             s.behaviour = Behaviour::Serve;
             s.requests.clear();
         }
-        common::wait_for(&format!("recovery after {reason}"), 15, || {
+        support::wait_for(&format!("recovery after {reason}"), 15, || {
             app.stats.pulls_ok.load(Ordering::Relaxed) > ok_before
         })
         .await;
@@ -217,19 +217,19 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
     );
     state.lock().unwrap().behaviour = Behaviour::Status(502, "bad gateway");
     let failed = app.stats.pulls_failed.load(Ordering::Relaxed);
-    common::wait_for("a 502", 10, || {
+    support::wait_for("a 502", 10, || {
         app.stats.pulls_failed.load(Ordering::Relaxed) > failed
     })
     .await;
     state.lock().unwrap().behaviour = Behaviour::Serve;
-    common::wait_for("resync", 10, || banned("203.0.113.50")).await;
+    support::wait_for("resync", 10, || banned("203.0.113.50")).await;
     assert!(!banned("2001:db8::1"));
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_decisions_are_skipped_counted_and_logged_once() {
-    let logs = common::logs();
+    let logs = support::logs();
     let startup = format!(
         r#"{{"new":[{},{},{},{},{}],"deleted":null}}"#,
         decision(1, "192.0.2.1", "Ip"),
@@ -245,11 +245,11 @@ async fn bad_decisions_are_skipped_counted_and_logged_once() {
     }));
     let url = start_mock(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = cerberus::app::start(common::config(dir.path(), Some(&url), Some("k")))
+    let app = cerberus::app::start(support::config(dir.path(), Some(&url), Some("k")))
         .await
         .unwrap();
     let d = app.decider.clone();
-    common::wait_for("first sync", 10, || {
+    support::wait_for("first sync", 10, || {
         !d.answer("192.0.2.1".parse().unwrap()).allows()
     })
     .await;

@@ -1,6 +1,7 @@
-//! Helpers shared by the integration tests: a config for a temp data dir, log capture,
-//! and polling for a condition with a generous deadline (behaviour, never timings).
+//! Helpers shared by the integration tests (each test file includes them with `mod support;`).
 #![allow(dead_code)]
+
+pub mod lapi;
 
 use cerberus::config::Config;
 use std::io::Write;

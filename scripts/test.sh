@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# The project's one test command: bash scripts/test.sh [--quick]
+#
+# Works on a fresh Debian 12 machine (as root, or with sudo): installs the system
+# packages the tests use when they are missing, unpacks Debian's crowdsec for the
+# LAPI-backed tests (scripts/crowdsec-lapi.sh), then runs, stopping at the first
+# failure:
+#   cargo fmt --check, cargo clippy -D warnings   (skipped with --quick)
+#   cargo test --workspace
+#   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+# System packages the tests need, as COMMAND:PACKAGE (installed when COMMAND is
+# missing). caddy (stock Caddy, for the forward_auth tests) and wrk (load) are Debian's.
+APT_NEEDS=(curl:curl python3:python3 caddy:caddy wrk:wrk)
+
+CS_HOME="${CERBERUS_CROWDSEC_HOME:-$REPO_ROOT/.cache/crowdsec}"
+CS_BIN="$CS_HOME/root/usr/bin/crowdsec"
+
+QUICK=false
+
+usage() {
+    cat <<EOF
+usage: bash scripts/test.sh [--quick]
+
+  --quick   skip cargo fmt and cargo clippy
+
+Environment: CERBERUS_CROWDSEC_HOME (where crowdsec is unpacked, default
+<repo>/.cache/crowdsec), CARGO_TARGET_DIR, and whatever cargo and go read.
+EOF
+}
+
+while (($#)); do
+    case $1 in
+        --quick) QUICK=true ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *)
+            usage >&2
+            exit 2
+            ;;
+    esac
+    shift
+done
+
+# Toolchains installed outside Debian's packages (rustup, the Go tarball) may be
+# missing from a non-login shell's PATH.
+for d in "$HOME/.cargo/bin" /usr/local/go/bin "$HOME/go/bin"; do
+    if [[ -d "$d" && ":$PATH:" != *":$d:"* ]]; then
+        PATH="$PATH:$d"
+    fi
+done
+export PATH
+export DEBIAN_FRONTEND=noninteractive
+
+# --- bookkeeping -----------------------------------------------------------------
+
+SUMMARY=()
+TESTS_PASSED=0
+TESTS_FAILED=0
+TESTS_SKIPPED=0
+LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cerberus-test.XXXXXX")"
+
+say() {
+    printf '%s\n' "$*"
+}
+
+# Stops every crowdsec process started from our unpacked binary (a LAPI left behind
+# by a test that was killed or that kept one in a static), matched by the exact path
+# in its argv[0].
+stop_leftover_lapis() {
+    local p argv0 pids=()
+    for p in /proc/[0-9]*; do
+        argv0=""
+        IFS= read -r -d '' argv0 <"$p/cmdline" 2>/dev/null || true
+        [[ "$argv0" == "$CS_BIN" ]] && pids+=("${p#/proc/}")
+    done
+    ((${#pids[@]})) || return 0
+    say "test.sh: stopping ${#pids[@]} leftover crowdsec process(es): ${pids[*]}" >&2
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    local _
+    for _ in $(seq 50); do
+        kill -0 "${pids[@]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
+on_exit() {
+    local rc=$?
+    stop_leftover_lapis || true
+    rm -rf "$LOG_DIR"
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+print_summary() {
+    local line
+    say ""
+    say "== summary =="
+    for line in "${SUMMARY[@]}"; do
+        say "  $line"
+    done
+}
+
+# step NAME COMMAND...: runs one step; on failure, names it and exits.
+# (A function run here has errexit off: steps chain their commands with && or return.)
+step() {
+    local name=$1 start rc=0
+    shift
+    say ""
+    say "==> $name"
+    start=$SECONDS
+    "$@" || rc=$?
+    if ((rc != 0)); then
+        SUMMARY+=("FAILED  $name (exit $rc)")
+        print_summary
+        say ""
+        say "test.sh: FAILED at step: $name (exit $rc)"
+        exit 1
+    fi
+    SUMMARY+=("ok      $name ($((SECONDS - start))s)")
+}
+
+skip() {
+    SUMMARY+=("skipped $1 ($2)")
+}
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        say "need root (or sudo) to run: $*" >&2
+        return 1
+    fi
+}
+
+# --- steps -----------------------------------------------------------------------
+
+apt_install() {
+    local log="$LOG_DIR/apt.log"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
+        >"$log" 2>&1 && return 0
+    say "apt-get install failed; running apt-get update once"
+    as_root apt-get update -q >"$log" 2>&1 || {
+        cat "$log" >&2
+        return 1
+    }
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
+        >"$log" 2>&1 || {
+        cat "$log" >&2
+        return 1
+    }
+}
+
+system_packages() {
+    local spec missing=()
+    for spec in "${APT_NEEDS[@]}"; do
+        command -v "${spec%%:*}" >/dev/null 2>&1 || missing+=("${spec#*:}")
+    done
+    if ((${#missing[@]} == 0)); then
+        say "all present: ${APT_NEEDS[*]%%:*}"
+        return 0
+    fi
+    say "installing: ${missing[*]}"
+    apt_install "${missing[@]}"
+}
+
+toolchains() {
+    command -v cargo >/dev/null 2>&1 || {
+        say "cargo not found (install Rust with rustup)" >&2
+        return 1
+    }
+    cargo --version || return 1
+    if ! $QUICK; then
+        cargo fmt --version || return 1
+        cargo clippy --version || return 1
+    fi
+    if [[ -f caddy-module/go.mod ]]; then
+        command -v go >/dev/null 2>&1 || {
+            say "go not found, and caddy-module/go.mod exists" >&2
+            return 1
+        }
+        go version || return 1
+    fi
+}
+
+crowdsec_install() {
+    bash scripts/crowdsec-lapi.sh install
+}
+
+# Adds up the "test result:" lines of cargo test.
+count_cargo_tests() {
+    local line n
+    while IFS= read -r line; do
+        [[ "$line" =~ ([0-9]+)\ passed ]] && n=${BASH_REMATCH[1]} && TESTS_PASSED=$((TESTS_PASSED + n))
+        [[ "$line" =~ ([0-9]+)\ failed ]] && n=${BASH_REMATCH[1]} && TESTS_FAILED=$((TESTS_FAILED + n))
+        [[ "$line" =~ ([0-9]+)\ ignored ]] && n=${BASH_REMATCH[1]} && TESTS_SKIPPED=$((TESTS_SKIPPED + n))
+    done < <(grep -E '^test result: ' "$1" || true)
+}
+
+cargo_test() {
+    local log="$LOG_DIR/cargo-test.log" rc=0
+    cargo test --workspace 2>&1 | tee "$log" || rc=$?
+    count_cargo_tests "$log"
+    return "$rc"
+}
+
+go_fmt() {
+    local out
+    out=$(cd caddy-module && gofmt -l .) || return 1
+    if [[ -n "$out" ]]; then
+        say "these files need gofmt -w:" >&2
+        say "$out" >&2
+        return 1
+    fi
+}
+
+go_vet() {
+    (cd caddy-module && go vet ./...)
+}
+
+# go test -v, showing only the per-package lines unless something fails; counts the
+# top-level tests.
+go_test() {
+    local log="$LOG_DIR/go-test.log" rc=0 n
+    (cd caddy-module && go test -v ./...) >"$log" 2>&1 || rc=$?
+    if ((rc != 0)); then
+        cat "$log"
+    else
+        grep -E '^(ok|FAIL|\?)[[:space:]]' "$log" || true
+    fi
+    n=$(grep -c -E '^--- PASS' "$log" || true)
+    TESTS_PASSED=$((TESTS_PASSED + n))
+    n=$(grep -c -E '^--- FAIL' "$log" || true)
+    TESTS_FAILED=$((TESTS_FAILED + n))
+    n=$(grep -c -E '^--- SKIP' "$log" || true)
+    TESTS_SKIPPED=$((TESTS_SKIPPED + n))
+    return "$rc"
+}
+
+# --- run -------------------------------------------------------------------------
+
+step "system packages" system_packages
+step "toolchains" toolchains
+step "crowdsec (LAPI for tests)" crowdsec_install
+if $QUICK; then
+    skip "cargo fmt" "--quick"
+    skip "cargo clippy" "--quick"
+else
+    step "cargo fmt" cargo fmt --all -- --check
+    step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+fi
+step "cargo test" cargo_test
+if [[ -f caddy-module/go.mod ]]; then
+    step "gofmt" go_fmt
+    step "go vet" go_vet
+    step "go test" go_test
+else
+    skip "go (caddy-module)" "no caddy-module/go.mod"
+fi
+print_summary
+say ""
+say "tests: $TESTS_PASSED passed, $TESTS_FAILED failed, $TESTS_SKIPPED skipped"
