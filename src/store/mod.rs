@@ -36,13 +36,6 @@ pub struct Verdict {
 const MORE: u32 = 1 << 31;
 
 impl Verdict {
-    const EMPTY: Verdict = Verdict {
-        id_lo: 0,
-        id_hi: 0,
-        expires: 0,
-        meta: 0,
-    };
-
     fn new(id: i64, expires: u32, meta: u32) -> Verdict {
         Verdict {
             id_lo: id as u64 as u32,

@@ -1,0 +1,170 @@
+//! The `cerberus` binary itself: `check` lists every problem with its key and exits
+//! non-zero; the example config is valid; `run` with no config starts standalone under
+//! ./cerberus-data and stops cleanly on SIGTERM and SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cerberus");
+
+fn check(file: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "-c"]).arg(file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_names_the_key_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "api_url: http://127.0.0.1:8080\n\
+         update_frequency: ten seconds\n\
+         trusted_proxies: [10.0.0.0/8, 10.0.0.0/40]\n\
+         data_dir: /nonexistent/deeper/data\n\
+         upate_frequency: 10s\n\
+         machine_password_file: /nonexistent/password\n\
+         log_level: loud\n",
+    )
+    .unwrap();
+    let (code, text) = check(&file, &[]);
+    assert_eq!(code, 2, "{text}");
+    for (key, words) in [
+        ("update_frequency", "invalid duration"),
+        ("trusted_proxies", "10.0.0.0/40"),
+        ("data_dir", "does not exist"),
+        (
+            "upate_frequency",
+            "unknown key (did you mean update_frequency?)",
+        ),
+        ("api_key", "no api_key"),
+        ("machine_password_file", "cannot read /nonexistent/password"),
+        ("log_level", "loud"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key}:")))
+            .unwrap_or_else(|| panic!("no line for {key} in:\n{text}"));
+        assert!(line.contains(words), "{key}: {line}");
+    }
+
+    // An unreadable key file with api_url.
+    std::fs::write(
+        &file,
+        "api_url: https://lapi:8080\napi_key_file: /nonexistent/key\n",
+    )
+    .unwrap();
+    let (code, text) = check(&file, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("api_key_file: cannot read /nonexistent/key"),
+        "{text}"
+    );
+
+    // The environment is checked too, and wins over the file.
+    std::fs::write(&file, "update_frequency: 10s\n").unwrap();
+    let (code, text) = check(&file, &[("CERBERUS_UPDATE_FREQUENCY", "-3s")]);
+    assert_eq!(code, 2);
+    assert!(text.contains("update_frequency:"), "{text}");
+    let (code, text) = check(&file, &[("CERBERUS_UPDATE_FREQUENCY", "3s")]);
+    assert_eq!(code, 0, "{text}");
+
+    // Not YAML at all.
+    std::fs::write(&file, "api_url: [unclosed\n").unwrap();
+    let (code, text) = check(&file, &[]);
+    assert_eq!(code, 2);
+    assert!(text.contains("invalid YAML"), "{text}");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cerberus.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["check", "-c"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("config OK: standalone"), "{text}");
+}
+
+fn run_until_ready_then_signal(signal: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|l: &String| l.contains("standalone mode")) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no standalone line; got {seen:?}"));
+        seen.push(line);
+    }
+    assert!(dir.path().join("cerberus-data/cerberus.db").exists());
+    assert!(
+        seen.iter().any(|l| l.contains("[CROWDSEC_STARTUP]")),
+        "{seen:?}"
+    );
+    send_signal(child.id(), signal);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cerberus did not stop on signal {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("cerberus stopped")),
+        "{rest:?}"
+    );
+}
+
+fn send_signal(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn run_without_config_is_standalone_and_stops_on_sigterm() {
+    run_until_ready_then_signal(15);
+}
+
+#[test]
+fn run_stops_on_sigint() {
+    run_until_ready_then_signal(2);
+}
