@@ -162,6 +162,16 @@ fn lookups(c: &mut Criterion) {
         .enumerate()
         .map(|(i, &a)| (a, [i as u32; 4]))
         .collect();
+    // The same with a 16-byte value, the size of our verdict: the fair floor.
+    g.bench_function("reference_std_hashmap_singles_16_byte_values", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            let IpAddr::V4(a) = queries[i] else {
+                unreachable!()
+            };
+            black_box(fat.get(&u32::from(black_box(a))).map(|v| v[2]))
+        })
+    });
     g.finish();
 
     // A 1k delta on the 1M set: 500 new IPs, 500 deleted, published.

@@ -129,11 +129,13 @@ fn main() {
     rt.block_on(async {
         let url = serve(body.clone()).await;
         let data = work.path().join("data");
-        let mut config = cerberus::config::Config::default();
-        config.data_dir = data.clone();
-        config.api_url = Some(url);
-        config.api_key = Some("bench".into());
-        config.update_frequency = Duration::from_secs(3600);
+        let config = cerberus::config::Config {
+            data_dir: data.clone(),
+            api_url: Some(url),
+            api_key: Some("bench".into()),
+            update_frequency: Duration::from_secs(3600),
+            ..Default::default()
+        };
         let base_rss = rss_kib();
         let started = Instant::now();
         let app = cerberus::app::start(config.clone()).await.unwrap();

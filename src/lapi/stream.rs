@@ -116,7 +116,9 @@ impl<'de, F: FnMut(List, RawDecision)> Visitor<'de> for ListSeed<'_, F> {
 mod tests {
     use super::*;
 
-    fn run(body: &str) -> serde_json::Result<(Counts, Vec<(List, Option<i64>)>)> {
+    type Seen = Vec<(List, Option<i64>)>;
+
+    fn run(body: &str) -> serde_json::Result<(Counts, Seen)> {
         let mut seen = Vec::new();
         let counts = parse(body.as_bytes(), |l, d| seen.push((l, d.id)))?;
         Ok((counts, seen))

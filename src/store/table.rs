@@ -113,9 +113,8 @@ impl<K: Key> Table<K> {
     /// Removes `k`; returns its value.
     pub fn remove(&mut self, k: K) -> Option<Verdict> {
         let mix = k.mix();
-        if self.get(k).is_none() {
-            return None;
-        }
+        // Look first: a miss must not copy a shared shard.
+        self.get(k)?;
         let shard = self.shard_mut(mix);
         let (entry, _) = shard.find_entry(mix, |e| e.0 == k).ok()?.remove();
         self.len -= 1;

@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 
 /// A config with every listener off and fast sync, in `data_dir`.
 pub fn config(data_dir: &Path, api_url: Option<&str>, api_key: Option<&str>) -> Config {
-    let mut c = Config::default();
-    c.data_dir = data_dir.to_path_buf();
-    c.socket = data_dir.join("cerberus.sock");
-    c.api_url = api_url.map(str::to_string);
-    c.api_key = api_key.map(str::to_string);
-    c.update_frequency = Duration::from_millis(300);
-    c.lapi_timeout = Duration::from_secs(2);
-    c.lapi_retry_max = Duration::from_millis(400);
-    c
+    Config {
+        data_dir: data_dir.to_path_buf(),
+        socket: data_dir.join("cerberus.sock"),
+        api_url: api_url.map(str::to_string),
+        api_key: api_key.map(str::to_string),
+        update_frequency: Duration::from_millis(300),
+        lapi_timeout: Duration::from_secs(2),
+        lapi_retry_max: Duration::from_millis(400),
+        ..Config::default()
+    }
 }
 
 /// Polls `f` every 20 ms until it is true; panics with `what` after `secs` seconds.
