@@ -118,6 +118,7 @@ async fn cscli_adds_and_deletes_reach_the_snapshot_and_expiry_is_local() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_lapi_down_enforces_persisted_decisions_at_once() {
+    let logs = support::logs();
     let lapi = Lapi::start();
     let dir = tempfile::tempdir().unwrap();
     let config = support::config(dir.path(), Some(&lapi.url), Some(&lapi.bouncer_key));
@@ -163,6 +164,11 @@ async fn restart_with_lapi_down_enforces_persisted_decisions_at_once() {
     }
     assert!(d.answer(ip("203.0.113.6")).allows());
     assert_eq!(app.stats.pulls_ok.load(Ordering::Relaxed), 0);
+    support::wait_for("the wait-for-LAPI log line", 20, || {
+        logs.text()
+            .contains("[CROWDSEC_STARTUP] waiting for LAPI at")
+    })
+    .await;
 
     // LAPI back with one decision gone: the resync applies it.
     lapi.restart();

@@ -56,9 +56,17 @@ async fn start_mock(state: Arc<Mutex<Mock>>) -> String {
                 }
                 let head = String::from_utf8_lossy(&got).into_owned();
                 let line = head.lines().next().unwrap_or_default().to_string();
+                let agent_ok = head.to_ascii_lowercase().contains(&format!(
+                    "user-agent: cerberus/{}",
+                    env!("CARGO_PKG_VERSION")
+                ));
                 let (behaviour, startup_body) = {
                     let mut s = state.lock().unwrap();
-                    s.requests.push(line.clone());
+                    s.requests.push(if agent_ok {
+                        line.clone()
+                    } else {
+                        format!("NO USER AGENT: {line}")
+                    });
                     (s.behaviour.clone(), s.startup_body.clone())
                 };
                 let respond = |status: u16, body: &str| {
@@ -135,6 +143,21 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
     support::wait_for("first sync", 10, || banned("192.0.2.1")).await;
     assert!(banned("2001:db8::1") && banned("198.51.100.77"));
     assert!(!banned("192.0.2.2"));
+    let text = logs.text();
+    assert!(
+        text.contains("[CROWDSEC_STARTUP] starting decision sync with LAPI at"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[CROWDSEC_STARTUP] first sync done: 3 decisions active"),
+        "{text}"
+    );
+    assert!(!state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .any(|r| r.starts_with("NO USER AGENT")));
 
     let faults = [
         (

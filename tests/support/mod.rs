@@ -69,3 +69,63 @@ pub fn logs() -> LogBuffer {
     })
     .clone()
 }
+
+/// A stand-in LAPI that answers `startup=true` with `body` and every other pull with an
+/// empty delta; returns its URL and the request heads it saw.
+pub async fn serve_body(body: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let heads = seen.clone();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (body, heads) = (body.clone(), heads.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).into_owned();
+                let empty = r#"{"new":null,"deleted":null}"#;
+                let answer = if head.lines().next().unwrap_or("").contains("startup=true") {
+                    body.as_str()
+                } else {
+                    empty
+                };
+                heads.lock().unwrap().push(head);
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = sock.write_all(out.as_bytes()).await;
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A startup answer with `n` IPv4 ban decisions (10.x.y.z), ids 1..=n.
+pub fn startup_body(n: usize) -> String {
+    let mut body = String::from(r#"{"deleted":null,"new":["#);
+    for i in 0..n {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"id":{},"origin":"lists","type":"ban","scope":"Ip","value":"10.{}.{}.{}","duration":"4h","scenario":"bulk"}}"#,
+            i + 1,
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        ));
+    }
+    body.push_str("]}");
+    body
+}
