@@ -175,51 +175,89 @@ fn lookups(c: &mut Criterion) {
     g.finish();
 
     // A 1k delta on the 1M set: 500 new IPs, 500 deleted, published.
-    let mut next_id = (SINGLES + RANGES) as i64;
-    let mut live: std::collections::VecDeque<(i64, Target)> = std::collections::VecDeque::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
-    for _ in 0..500 {
-        let t = Target::from_ip(IpAddr::V4(Ipv4Addr::from(rng.gen::<u32>())));
-        writer.insert(&decision(next_id, t));
-        live.push_back((next_id, t));
-        next_id += 1;
-    }
+    let mut churn = Churn {
+        next_id: (SINGLES + RANGES) as i64,
+        live: std::collections::VecDeque::new(),
+        rng: rand::rngs::StdRng::seed_from_u64(13),
+    };
+    churn.add(&mut writer, 500);
     writer.publish();
     let mut g = c.benchmark_group("delta_1k_on_1M");
     g.sample_size(30);
     g.bench_function("apply_and_publish", |b| {
         b.iter(|| {
-            for _ in 0..500 {
-                let (id, t) = live.pop_front().unwrap();
-                writer.remove(id, t);
-                let t = Target::from_ip(IpAddr::V4(Ipv4Addr::from(rng.gen::<u32>())));
-                writer.insert(&decision(next_id, t));
-                live.push_back((next_id, t));
-                next_id += 1;
-            }
+            churn.replace(&mut writer, 500);
             black_box(writer.publish().generation())
         })
     });
     g.bench_function("apply_and_publish_with_a_range", |b| {
         b.iter(|| {
-            for _ in 0..499 {
-                let (id, t) = live.pop_front().unwrap();
-                writer.remove(id, t);
-                let t = Target::from_ip(IpAddr::V4(Ipv4Addr::from(rng.gen::<u32>())));
-                writer.insert(&decision(next_id, t));
-                live.push_back((next_id, t));
-                next_id += 1;
-            }
-            let net: IpNet = format!("{}/24", Ipv4Addr::from(rng.gen::<u32>() & 0xffff_ff00))
-                .parse()
-                .unwrap();
-            writer.insert(&decision(next_id, Target::from_net(net)));
-            live.push_back((next_id, Target::from_net(net)));
-            next_id += 1;
+            churn.replace(&mut writer, 499);
+            let net: IpNet = format!(
+                "{}/24",
+                Ipv4Addr::from(churn.rng.gen::<u32>() & 0xffff_ff00)
+            )
+            .parse()
+            .unwrap();
+            writer.insert(&decision(churn.next_id, Target::from_net(net)));
+            churn.live.push_back((churn.next_id, Target::from_net(net)));
+            churn.next_id += 1;
             black_box(writer.publish().generation())
         })
     });
     g.finish();
+
+    // Lookups while another thread publishes 1k deltas back to back: readers never wait.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut published = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                churn.replace(&mut writer, 500);
+                writer.publish();
+                published += 1;
+            }
+            published
+        })
+    };
+    let mut g = c.benchmark_group("lookup_1M_ips_10k_ranges_half_hits");
+    g.bench_function("decider_hot_path_during_1k_publishes", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            decider.decide(black_box(queries[i]), 0, |_, hit| black_box(hit.is_some()))
+        })
+    });
+    g.finish();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.join().unwrap();
+    eprintln!("{published} deltas published during the last measurement");
+}
+
+/// Replaces decisions on random single IPs, oldest first, keeping the set's size.
+struct Churn {
+    next_id: i64,
+    live: std::collections::VecDeque<(i64, Target)>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Churn {
+    fn add(&mut self, writer: &mut cerberus::store::Writer, n: usize) {
+        for _ in 0..n {
+            let t = Target::from_ip(IpAddr::V4(Ipv4Addr::from(self.rng.gen::<u32>())));
+            writer.insert(&decision(self.next_id, t));
+            self.live.push_back((self.next_id, t));
+            self.next_id += 1;
+        }
+    }
+
+    fn replace(&mut self, writer: &mut cerberus::store::Writer, n: usize) {
+        for _ in 0..n {
+            let (id, t) = self.live.pop_front().unwrap();
+            writer.remove(id, t);
+        }
+        self.add(writer, n);
+    }
 }
 
 criterion_group!(benches, lookups);
