@@ -18,7 +18,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use table::{Key, Table};
+use table::{Fold, Key, Table};
 
 type Map<K, V> = HashMap<K, V, RandomState>;
 
@@ -229,6 +229,8 @@ fn first_live(list: &[Verdict], now: u32) -> Option<Verdict> {
 /// Derives snapshots. Owned by one task (the sync loop); publishing is one atomic swap.
 pub struct Writer {
     next: Snapshot,
+    fold4: Option<Fold<u32>>,
+    fold6: Option<Fold<u128>>,
     ranges: BTreeMap<(Target, i64), Verdict>,
     ranges_dirty: bool,
     meta_ids: HashMap<Meta, u32>,
@@ -239,6 +241,8 @@ impl Writer {
     pub fn new(published: Arc<ArcSwap<Snapshot>>) -> Writer {
         Writer {
             next: Snapshot::default(),
+            fold4: None,
+            fold6: None,
             ranges: BTreeMap::new(),
             ranges_dirty: false,
             meta_ids: HashMap::new(),
@@ -326,7 +330,6 @@ impl Writer {
         expired.len()
     }
 
-    /// Forgets everything (a full resync follows); metas are rebuilt from what comes next.
     /// Starts a fresh, empty writer publishing into the same place, continuing this one's
     /// generation count: a full resync builds into it and replaces this one on success.
     pub fn fresh(&self) -> Writer {
@@ -335,18 +338,11 @@ impl Writer {
         w
     }
 
-    pub fn clear(&mut self) {
-        self.next = Snapshot {
-            generation: self.next.generation,
-            ..Snapshot::default()
-        };
-        self.ranges.clear();
-        self.ranges_dirty = true;
-        self.meta_ids.clear();
-    }
-
-    /// Shrinks the single-IP tables to a load of about 0.55 (after a full sync).
+    /// Folds pending changes into the single-IP tables and gives back unused memory
+    /// (after a full sync, before the first publish).
     pub fn compact(&mut self) {
+        self.next.v4.finish_fold_now(&mut self.fold4);
+        self.next.v6.finish_fold_now(&mut self.fold6);
         self.next.v4.compact();
         self.next.v6.compact();
     }
@@ -367,6 +363,8 @@ impl Writer {
                 Arc::new(self.ranges.iter().map(|(&(t, _), &v)| (t, v)).collect());
             self.ranges_dirty = false;
         }
+        self.next.v4.maintain(&mut self.fold4);
+        self.next.v6.maintain(&mut self.fold6);
         self.next.generation += 1;
         let snap = Arc::new(self.next.clone());
         self.published.store(snap.clone());
@@ -413,7 +411,7 @@ fn sort_strongest_first(list: &mut [Verdict], metas: &[Meta]) {
     });
 }
 
-fn upsert<K: Key + Hash>(
+fn upsert<K: Key>(
     map: &mut Table<K>,
     multi: &mut Arc<Map<K, Arc<[Verdict]>>>,
     key: K,
@@ -438,7 +436,7 @@ fn upsert<K: Key + Hash>(
     store_list(map, multi, key, list, metas);
 }
 
-fn remove_id<K: Key + Hash>(
+fn remove_id<K: Key>(
     map: &mut Table<K>,
     multi: &mut Arc<Map<K, Arc<[Verdict]>>>,
     key: K,
@@ -463,7 +461,7 @@ fn remove_id<K: Key + Hash>(
 }
 
 /// Stores a key's decisions: the strongest inline, all of them in `multi` when several.
-fn store_list<K: Key + Hash>(
+fn store_list<K: Key>(
     map: &mut Table<K>,
     multi: &mut Arc<Map<K, Arc<[Verdict]>>>,
     key: K,
