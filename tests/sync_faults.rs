@@ -295,3 +295,71 @@ async fn bad_decisions_are_skipped_counted_and_logged_once() {
     );
     app.stop().await;
 }
+
+/// `on_lapi_unreachable`: after `stale_after` without a good pull, `closed` bans everyone
+/// and `open` lets everyone in; the next good pull restores normal enforcement. The
+/// operator's filters reach LAPI as query parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_policies_apply_after_stale_after_and_lift_on_recovery() {
+    use cerberus::store::{Source, UnreachablePolicy};
+    for policy in [UnreachablePolicy::Closed, UnreachablePolicy::Open] {
+        let state = Arc::new(Mutex::new(Mock {
+            behaviour: Behaviour::Serve,
+            startup_body: format!(
+                r#"{{"new":[{}],"deleted":null}}"#,
+                decision(1, "192.0.2.1", "Ip")
+            ),
+            requests: Vec::new(),
+        }));
+        let url = start_mock(state.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = support::config(dir.path(), Some(&url), Some("k"));
+        config.on_lapi_unreachable = policy;
+        config.stale_after = std::time::Duration::from_secs(1);
+        config.origins = vec!["cscli".into(), "crowdsec".into()];
+        config.scenarios_not_containing = vec!["http-probing".into()];
+        let app = cerberus::app::start(config).await.unwrap();
+        let d = app.decider.clone();
+        let bystander = "198.18.0.1".parse().unwrap();
+        support::wait_for("first sync", 10, || {
+            !d.answer("192.0.2.1".parse().unwrap()).allows()
+        })
+        .await;
+        assert!(d.answer(bystander).allows());
+        let first = state.lock().unwrap().requests[0].clone();
+        assert!(
+            first.contains("origins=cscli%2Ccrowdsec")
+                && first.contains("scenarios_not_containing=http-probing"),
+            "{first}"
+        );
+
+        state.lock().unwrap().behaviour = Behaviour::Status(503, "down");
+        let expected = match policy {
+            UnreachablePolicy::Closed => Source::FailClosed,
+            _ => Source::FailOpen,
+        };
+        support::wait_for("the outage policy", 15, || {
+            d.answer(bystander).source == expected
+        })
+        .await;
+        let banned_ip = d.answer("192.0.2.1".parse().unwrap());
+        match policy {
+            UnreachablePolicy::Closed => {
+                assert_eq!(d.answer(bystander).remediation, Some(Remediation::Ban));
+            }
+            _ => assert!(banned_ip.allows(), "open lets even known IPs in"),
+        }
+
+        state.lock().unwrap().behaviour = Behaviour::Serve;
+        support::wait_for("recovery", 15, || {
+            d.answer(bystander).source == Source::None
+        })
+        .await;
+        assert!(d.answer(bystander).allows());
+        assert_eq!(
+            d.answer("192.0.2.1".parse().unwrap()).remediation,
+            Some(Remediation::Ban)
+        );
+        app.stop().await;
+    }
+}
