@@ -14,8 +14,9 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
 # System packages the tests need, as COMMAND:PACKAGE (installed when COMMAND is
-# missing). caddy (stock Caddy, for the forward_auth tests) and wrk (load) are Debian's.
-APT_NEEDS=(curl:curl python3:python3 caddy:caddy wrk:wrk)
+# missing). openssl makes the TLS test certificates; caddy (stock Caddy, for the
+# forward_auth tests) and wrk (load) are Debian's.
+APT_NEEDS=(curl:curl python3:python3 openssl:openssl caddy:caddy wrk:wrk)
 
 CS_HOME="${CERBERUS_CROWDSEC_HOME:-$REPO_ROOT/.cache/crowdsec}"
 CS_BIN="$CS_HOME/root/usr/bin/crowdsec"
