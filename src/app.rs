@@ -1,4 +1,5 @@
-//! Wires the parts together: open the database, serve the persisted decisions at once,
+//! Wires the parts together: open the database, serve the persisted decisions at once on
+//! the doors (Unix socket, forward_auth; see [`crate::serve`]),
 //! then start the LAPI sync (or stay standalone), all under one shutdown signal.
 
 use crate::clock;
@@ -7,6 +8,9 @@ use crate::lapi::sync::{SyncSettings, SyncStats, Syncer};
 use crate::lapi::LapiClient;
 use crate::persist::Db;
 use crate::persist::Persister;
+use crate::serve::forward_auth;
+use crate::serve::socket::{SocketServer, SocketSettings};
+use crate::serve::Readiness;
 use crate::store::{Decider, Writer};
 use anyhow::Context;
 use std::future::Future;
@@ -24,8 +28,12 @@ pub struct Running {
     pub persist: Arc<Persister>,
     /// The writer in standalone mode (in LAPI mode the sync loop owns it).
     pub standalone_writer: Option<Writer>,
+    /// Where the socket and forward_auth doors listen (`unix:/path`, `host:port`).
+    pub socket_addr: Option<String>,
+    pub forward_auth_addr: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Starts everything and returns once the persisted decisions are being served.
@@ -85,15 +93,54 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
         tasks.push(tokio::spawn(syncer.run(shutdown_rx.clone())));
     }
-    Ok(Running {
-        config,
-        decider,
+    // The doors. A failure here stops what was started before returning the error.
+    let ready = Readiness::new(config.standalone() || !snap.is_empty(), stats.clone());
+    let mut threads = Vec::new();
+    let mut running = Running {
+        config: config.clone(),
+        decider: decider.clone(),
         stats,
         persist,
         standalone_writer,
+        socket_addr: None,
+        forward_auth_addr: None,
         shutdown,
         tasks,
-    })
+        threads: Vec::new(),
+    };
+    let doors = async {
+        let server = SocketServer::bind(SocketSettings {
+            path: config.socket.clone(),
+            mode: config.socket_mode,
+            max_connections: config.socket_max_connections,
+            idle_timeout: config.socket_idle_timeout,
+        })?;
+        threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
+        let socket_addr = format!("unix:{}", config.socket.display());
+        info!("listening for Caddy module lookups on {socket_addr}");
+        let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?;
+        let fa = forward_auth::start(&config, door, shutdown_rx.clone()).await?;
+        anyhow::Ok((socket_addr, fa))
+    };
+    match doors.await {
+        Ok((socket_addr, fa)) => {
+            running.socket_addr = Some(socket_addr);
+            if let Some((task, addr)) = fa {
+                info!("listening for Caddy forward_auth on {addr}");
+                running.tasks.push(task);
+                running.forward_auth_addr = Some(addr);
+            } else {
+                info!("forward_auth is off");
+            }
+            running.threads = threads;
+            Ok(running)
+        }
+        Err(e) => {
+            running.threads = threads;
+            running.stop().await;
+            Err(e)
+        }
+    }
 }
 
 impl Running {
@@ -103,6 +150,13 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         let persist = self.persist;
         let _ = tokio::task::spawn_blocking(move || match Arc::try_unwrap(persist) {
             Ok(p) => p.close(),

@@ -40,6 +40,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("data_dir", Kind::Str),
     ("socket", Kind::Str),
     ("socket_mode", Kind::Str),
+    ("socket_max_connections", Kind::Int),
+    ("socket_idle_timeout", Kind::Str),
     ("forward_auth_listen", Kind::Str),
     ("admin_listen", Kind::Str),
     ("admin_token", Kind::Str),
@@ -144,6 +146,11 @@ pub struct Config {
     pub socket: PathBuf,
     /// Default 0660.
     pub socket_mode: u32,
+    /// Connections served at once on the socket; more are told `busy`. Default 1024.
+    pub socket_max_connections: usize,
+    /// A socket connection with nothing outstanding for this long is closed. Default 60s
+    /// (the protocol promises clients at least 60s).
+    pub socket_idle_timeout: Duration,
     /// Default `127.0.0.1:7420`.
     pub forward_auth_listen: Listen,
     /// Default `127.0.0.1:8088`.
@@ -191,6 +198,8 @@ impl Default for Config {
             socket: data_dir.join("cerberus.sock"),
             data_dir,
             socket_mode: 0o660,
+            socket_max_connections: 1024,
+            socket_idle_timeout: Duration::from_secs(60),
             forward_auth_listen: Listen::Tcp("127.0.0.1:7420".into()),
             admin_listen: Listen::Tcp("127.0.0.1:8088".into()),
             admin_token: None,
@@ -529,6 +538,25 @@ impl Reader {
                 ),
             }
         }
+        if let Some(s) = self.string("socket_max_connections") {
+            match s.parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => c.socket_max_connections = n,
+                _ => self.problem(
+                    "socket_max_connections",
+                    format!("{s:?} is not a number of connections from 1 to 1000000"),
+                ),
+            }
+        }
+        if let Some(d) = self.duration("socket_idle_timeout") {
+            if d < Duration::from_secs(60) {
+                self.problem(
+                    "socket_idle_timeout",
+                    "must be at least 60s (the socket protocol promises clients 60s)",
+                );
+            } else {
+                c.socket_idle_timeout = d;
+            }
+        }
         for key in ["forward_auth_listen", "admin_listen"] {
             if let Some(v) = self.string(key) {
                 match Listen::parse(&v) {
@@ -822,6 +850,25 @@ mod tests {
         assert_eq!(c.api_key.as_deref(), Some("secret"));
         let problems = load(&format!("api_key: a\napi_key_file: {}\n", f.display())).unwrap_err();
         assert_eq!(problems[0].key, "api_key");
+    }
+
+    #[test]
+    fn socket_limits() {
+        let c = load("").unwrap();
+        assert_eq!(c.socket_max_connections, 1024);
+        assert_eq!(c.socket_idle_timeout, Duration::from_secs(60));
+        let c = load("socket_max_connections: 16\nsocket_idle_timeout: 5m\n").unwrap();
+        assert_eq!(c.socket_max_connections, 16);
+        assert_eq!(c.socket_idle_timeout, Duration::from_secs(300));
+        let problems = load("socket_max_connections: 0\nsocket_idle_timeout: 10s\n").unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["socket_max_connections", "socket_idle_timeout"]);
+        let env = vec![(
+            "CERBERUS_SOCKET_MAX_CONNECTIONS".to_string(),
+            "many".to_string(),
+        )];
+        let problems = Config::load_with_env(None, &env).unwrap_err();
+        assert_eq!(problems[0].key, "socket_max_connections");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`store`]: the snapshot that lookups read (no I/O), its writer, and the decider.
 //! - [`lapi`]: the LAPI client (streaming parse) and the sync loop.
 //! - [`persist`]: SQLite in `data_dir`: decisions, settings, local overrides.
+//! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`)
+//!   and the HTTP endpoint for Caddy's `forward_auth`.
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
@@ -17,4 +19,5 @@ pub mod duration;
 pub mod lapi;
 pub mod metrics;
 pub mod persist;
+pub mod serve;
 pub mod store;

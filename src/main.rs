@@ -25,6 +25,14 @@ enum Command {
     Run,
     /// Check a config and list every problem.
     Check,
+    /// Ask the running daemon about one IP over its socket; prints one JSON line.
+    Lookup {
+        /// The client address (IPv4 or IPv6).
+        ip: String,
+        /// The daemon's socket. Default: `socket` from the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +40,56 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(cli.config),
         Command::Run => run(cli.config),
+        Command::Lookup { ip, socket } => lookup(cli.config, &ip, socket),
+    }
+}
+
+fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCode {
+    let addr: std::net::IpAddr = match ip.trim().parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!("cerberus lookup: {ip:?} is not an IPv4 or IPv6 address");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = match socket {
+        Some(s) => s,
+        None => match Config::load(config.as_deref()) {
+            Ok(c) => c.socket,
+            Err(problems) => {
+                eprintln!(
+                    "cerberus lookup: the config has {} problem(s):",
+                    problems.len()
+                );
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let cfg = bouncer_api::BlockingConfig::new(&socket).timeout(std::time::Duration::from_secs(5));
+    let answer = bouncer_api::BlockingClient::connect_with(cfg).and_then(|mut c| c.lookup(addr));
+    match answer {
+        Ok(a) => {
+            let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+            let line = serde_json::json!({
+                "ip": cerberus::decision::normalize_ip(addr).to_string(),
+                "remediation": a.remediation.as_str(),
+                "origin": text(&a.origin),
+                "scenario": text(&a.scenario),
+                "expires_in_s": a.expires_in_s,
+            });
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "cerberus lookup: cannot ask the daemon on {}: {e} (is cerberus running? set the socket with --socket or -c)",
+                socket.display()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -80,7 +138,11 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cerberus::app::run(config, shutdown_signal())) {
+    let shutdown = {
+        let _guard = runtime.enter();
+        shutdown_signal()
+    };
+    match runtime.block_on(cerberus::app::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("cerberus failed: {e:#}");
@@ -102,11 +164,17 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+/// Installs the SIGINT and SIGTERM handlers at once (not when first polled: a signal
+/// that arrives while the daemon is still starting must stop it cleanly too) and
+/// returns a future that completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
     }
 }

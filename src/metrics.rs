@@ -19,6 +19,19 @@ pub const SNAPSHOT_GENERATION: &str = "cerberus_snapshot_generation";
 /// Writes to SQLite that failed.
 pub const PERSIST_ERRORS: &str = "cerberus_persist_errors_total";
 
+/// Lookups answered by `door` (socket, forward_auth) and `remediation` (allow, ban,
+/// captcha, throttle, other).
+pub const LOOKUPS: &str = "cerberus_lookups_total";
+/// Time to decide and encode one lookup, by `door` (the socket's own work, not the
+/// transport; forward_auth: the whole request inside cerberus).
+pub const LOOKUP_DURATION: &str = "cerberus_lookup_duration_seconds";
+/// Socket connections refused because `socket_max_connections` were open.
+pub const SOCKET_REFUSED: &str = "cerberus_socket_connections_refused_total";
+/// Malformed frames received on the socket (each closes its connection).
+pub const SOCKET_BAD_FRAMES: &str = "cerberus_socket_bad_frames_total";
+/// forward_auth requests answered 400 because no usable client IP was found.
+pub const FORWARD_AUTH_NO_CLIENT_IP: &str = "cerberus_forward_auth_no_client_ip_total";
+
 /// Every name above, for tests and the exporter's descriptions.
 pub const ALL: &[&str] = &[
     LAPI_REQUESTS,
@@ -29,4 +42,9 @@ pub const ALL: &[&str] = &[
     SYNC_DURATION,
     SNAPSHOT_GENERATION,
     PERSIST_ERRORS,
+    LOOKUPS,
+    LOOKUP_DURATION,
+    SOCKET_REFUSED,
+    SOCKET_BAD_FRAMES,
+    FORWARD_AUTH_NO_CLIENT_IP,
 ];

@@ -92,6 +92,7 @@ fn the_example_config_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cerberus.yaml");
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
+        .env("CERBERUS_FORWARD_AUTH_LISTEN", "off")
         .current_dir(dir.path())
         .args(["check", "-c"])
         .arg(&example)
@@ -106,6 +107,7 @@ fn the_example_config_is_valid() {
 fn run_until_ready_then_signal(signal: i32) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
+        .env("CERBERUS_FORWARD_AUTH_LISTEN", "off")
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
         .stderr(Stdio::null())
@@ -182,6 +184,7 @@ fn a_kill_during_persistence_leaves_a_database_that_opens_whole() {
         let dir = tempfile::tempdir().unwrap();
         let spawn = |url: &str| {
             Command::new(BIN)
+                .env("CERBERUS_FORWARD_AUTH_LISTEN", "off")
                 .current_dir(dir.path())
                 .env("CERBERUS_API_URL", url)
                 .env("CERBERUS_API_KEY", "k")

@@ -3,7 +3,7 @@
 
 pub mod lapi;
 
-use cerberus::config::Config;
+use cerberus::config::{Config, Listen};
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,6 +19,8 @@ pub fn config(data_dir: &Path, api_url: Option<&str>, api_key: Option<&str>) -> 
         update_frequency: Duration::from_millis(300),
         lapi_timeout: Duration::from_secs(2),
         lapi_retry_max: Duration::from_millis(400),
+        forward_auth_listen: Listen::Off,
+        admin_listen: Listen::Off,
         ..Config::default()
     }
 }

@@ -1,0 +1,546 @@
+//! The forward_auth door: an HTTP/1.1 endpoint for Caddy's stock `forward_auth`
+//! directive, on `host:port` or `unix:/path`, answering on any path and method.
+//!
+//! The client IP is read from `client_ip_header` (default `X-Forwarded-For`): the list
+//! (all occurrences of the header, in order) is walked from the right, skipping addresses
+//! in `trusted_proxies`; the first other address is the client. The peer of this
+//! listener is Caddy itself, which sets that header, so it is believed; the entries that
+//! clients could have forged sit left of the first untrusted one and are never read.
+//! Without the header, or when every entry is trusted, the peer address is the client
+//! (a Unix socket peer has none: 400).
+//!
+//! Answers: allow → 200 with an empty body; ban → `ban_status` (403) with an HTML page
+//! (JSON when `Accept` names only JSON types); captcha → the same as ban until captcha
+//! support exists; throttle → 429 with `Retry-After`; a decision type that cerberus does
+//! not map (`other`) → the same as ban. Every answer carries `X-Cerberus-Remediation`;
+//! no usable client IP → 400 with a plain-text reason.
+
+use super::{Readiness, REMEDIATION_LABELS};
+use crate::clock;
+use crate::config::{Config, Listen};
+use crate::metrics as names;
+use crate::store::{Decider, Source};
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+/// The page sent with a ban when no `ban_template` is configured.
+pub const BUILTIN_TEMPLATE: &str = include_str!("ban.html");
+
+/// The header every answer carries.
+pub const REMEDIATION_HEADER: &str = "x-cerberus-remediation";
+
+/// What every request handler shares.
+pub struct Door {
+    decider: Arc<Decider>,
+    ready: Readiness,
+    header: hyper::header::HeaderName,
+    trusted: Vec<IpNet>,
+    ban_status: StatusCode,
+    template: String,
+    request_ids: AtomicU64,
+    id_seed: u64,
+    meters: [metrics::Counter; 5],
+    no_ip: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl Door {
+    /// Reads the template (if any) once.
+    pub fn new(config: &Config, decider: Arc<Decider>, ready: Readiness) -> anyhow::Result<Door> {
+        let template = match &config.ban_template {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("ban_template {}: cannot read it", path.display()))?,
+            None => BUILTIN_TEMPLATE.to_string(),
+        };
+        let header = hyper::header::HeaderName::from_bytes(config.client_ip_header.as_bytes())
+            .with_context(|| format!("client_ip_header {:?}", config.client_ip_header))?;
+        Ok(Door {
+            decider,
+            ready,
+            header,
+            trusted: config.trusted_proxies.clone(),
+            ban_status: StatusCode::from_u16(config.ban_status).unwrap_or(StatusCode::FORBIDDEN),
+            template,
+            request_ids: AtomicU64::new(0),
+            id_seed: clock::now_ms() as u64,
+            meters: REMEDIATION_LABELS.map(
+                |r| metrics::counter!(names::LOOKUPS, "door" => "forward_auth", "remediation" => r),
+            ),
+            no_ip: metrics::counter!(names::FORWARD_AUTH_NO_CLIENT_IP),
+            duration: metrics::histogram!(names::LOOKUP_DURATION, "door" => "forward_auth"),
+        })
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = crate::decision::normalize_ip(ip);
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address: from the header walked right to left, else the peer.
+    pub fn client_ip(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<IpAddr, String> {
+        let values: Vec<&HeaderValue> = headers.get_all(&self.header).iter().collect();
+        for value in values.iter().rev() {
+            let text = value
+                .to_str()
+                .map_err(|_| format!("{} holds bytes that are not text", self.header.as_str()))?;
+            for entry in text.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let ip = parse_entry(entry).ok_or_else(|| {
+                    format!(
+                        "{} entry {:?} is not an IP address",
+                        self.header.as_str(),
+                        truncate(entry, 64)
+                    )
+                })?;
+                if !self.is_trusted(ip) {
+                    return Ok(crate::decision::normalize_ip(ip));
+                }
+            }
+        }
+        peer.map(crate::decision::normalize_ip).ok_or_else(|| {
+            format!(
+                "no client address: the request has no usable {} header and the peer has no IP address",
+                self.header.as_str()
+            )
+        })
+    }
+
+    fn request_id(&self, headers: &HeaderMap) -> String {
+        if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            if !id.is_empty() && id.len() <= 128 {
+                return id.to_string();
+            }
+        }
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:016x}",
+            self.id_seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n
+        )
+    }
+
+    /// Answers one forward_auth request.
+    pub fn handle<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let ip = match self.client_ip(req.headers(), peer) {
+            Ok(ip) => ip,
+            Err(reason) => {
+                self.no_ip.increment(1);
+                debug!("forward_auth: 400: {reason}");
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("cerberus: {reason}\n"),
+                );
+            }
+        };
+        let now = clock::now_secs();
+        let ready = self.ready.get();
+        let verdict = self.decider.decide(ip, now, |source, hit| {
+            let answer = super::lookup_answer(source, hit, now, ready);
+            (
+                answer.remediation,
+                answer.expires_in_s,
+                answer.origin.to_string(),
+                answer.scenario.to_string(),
+                source,
+            )
+        });
+        let (remediation, expires_in_s, origin, scenario, source) = verdict;
+        self.meters[remediation as usize].increment(1);
+        let response = match remediation {
+            bouncer_api::Remediation::Allow => plain(StatusCode::OK, "allow", String::new()),
+            bouncer_api::Remediation::Throttle => {
+                let mut r = plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttle",
+                    "cerberus: too many requests\n".to_string(),
+                );
+                let retry = expires_in_s.clamp(1, 60);
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry));
+                r
+            }
+            other => {
+                let name = if source == Source::FailClosed {
+                    "ban"
+                } else {
+                    other.as_str()
+                };
+                let page = Page {
+                    ip,
+                    remediation: name,
+                    origin: &origin,
+                    scenario: &scenario,
+                    request_id: &self.request_id(req.headers()),
+                };
+                if wants_only_json(req.headers()) {
+                    let mut r = plain(self.ban_status, name, page.json());
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r
+                } else {
+                    let mut r = plain(self.ban_status, name, page.render(&self.template));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    r
+                }
+            }
+        };
+        self.duration.record(started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    bouncer_api::truncate_utf8(s, max)
+}
+
+/// `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, `192.0.2.1:1234`, `[2001:db8::1]:1234`.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = entry.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse::<IpAddr>().ok())
+}
+
+/// True when `Accept` is present and every media range in it is JSON.
+fn wants_only_json(headers: &HeaderMap) -> bool {
+    let mut any = false;
+    for value in headers.get_all(ACCEPT) {
+        let Ok(text) = value.to_str() else {
+            return false;
+        };
+        for range in text.split(',') {
+            let media = range.split(';').next().unwrap_or("").trim();
+            if media.is_empty() {
+                continue;
+            }
+            let media = media.to_ascii_lowercase();
+            if media == "application/json"
+                || (media.starts_with("application/") && media.ends_with("+json"))
+            {
+                any = true;
+            } else {
+                return false;
+            }
+        }
+    }
+    any
+}
+
+fn plain(status: StatusCode, remediation: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(REMEDIATION_HEADER, HeaderValue::from_static(remediation));
+    if status != StatusCode::OK {
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    r
+}
+
+/// The values a ban page shows.
+struct Page<'a> {
+    ip: IpAddr,
+    remediation: &'a str,
+    origin: &'a str,
+    scenario: &'a str,
+    request_id: &'a str,
+}
+
+impl Page<'_> {
+    /// Replaces `{{ip}}`, `{{remediation}}`, `{{scenario}}`, `{{origin}}` and
+    /// `{{request_id}}` (spaces inside the braces allowed) with HTML-escaped values;
+    /// anything else in braces is left as it is.
+    fn render(&self, template: &str) -> String {
+        let mut out = String::with_capacity(template.len() + 128);
+        let mut rest = template;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else {
+                out.push_str(&rest[start..]);
+                return out;
+            };
+            let value = match after[..end].trim() {
+                "ip" => Some(self.ip.to_string()),
+                "remediation" => Some(self.remediation.to_string()),
+                "scenario" => Some(self.scenario.to_string()),
+                "origin" => Some(self.origin.to_string()),
+                "request_id" => Some(self.request_id.to_string()),
+                _ => None,
+            };
+            match value {
+                Some(v) => escape_html(&v, &mut out),
+                None => out.push_str(&rest[start..start + 2 + end + 2]),
+            }
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn json(&self) -> String {
+        serde_json::json!({
+            "remediation": self.remediation,
+            "ip": self.ip.to_string(),
+            "origin": non_empty(self.origin),
+            "scenario": non_empty(self.scenario),
+            "request_id": self.request_id,
+        })
+        .to_string()
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn escape_html(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Binds the listener (a stale Unix socket file is replaced, a live one refused) and
+/// serves until `shutdown`. Returns the task and the address it listens on.
+pub async fn start(
+    config: &Config,
+    door: Door,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
+    let door = Arc::new(door);
+    match &config.forward_auth_listen {
+        Listen::Off => Ok(None),
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .with_context(|| format!("forward_auth_listen {addr}: cannot listen"))?;
+            let local = listener.local_addr()?.to_string();
+            let task = tokio::spawn(accept_loop(Listener::Tcp(listener), door, shutdown, None));
+            Ok(Some((task, local)))
+        }
+        Listen::Unix(path) => {
+            super::socket::clear_stale(path)?;
+            let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+                format!("forward_auth_listen unix:{}: cannot bind", path.display())
+            })?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
+                .with_context(|| {
+                    format!(
+                        "forward_auth_listen unix:{}: cannot set its mode",
+                        path.display()
+                    )
+                })?;
+            let task = tokio::spawn(accept_loop(
+                Listener::Unix(listener),
+                door,
+                shutdown,
+                Some(path.clone()),
+            ));
+            Ok(Some((task, format!("unix:{}", path.display()))))
+        }
+    }
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, IpAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, peer)| Accepted::Tcp(s, peer.ip())),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    door: Arc<Door>,
+    mut shutdown: watch::Receiver<bool>,
+    unix_path: Option<std::path::PathBuf>,
+) {
+    let mut backoff = Duration::ZERO;
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = listener.accept() => r,
+        };
+        while connections.try_join_next().is_some() {}
+        match accepted {
+            Ok(accepted) => {
+                backoff = Duration::ZERO;
+                let (door, shutdown) = (door.clone(), shutdown.clone());
+                match accepted {
+                    Accepted::Tcp(s, peer) => {
+                        connections.spawn(serve_connection(s, Some(peer), door, shutdown))
+                    }
+                    Accepted::Unix(s) => {
+                        connections.spawn(serve_connection(s, None, door, shutdown))
+                    }
+                };
+            }
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                warn!(
+                    "forward_auth: accept failed ({e}); retrying in {} ms",
+                    backoff.as_millis()
+                );
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    if let Some(path) = unix_path {
+        let _ = std::fs::remove_file(path);
+    }
+    // Let answers in flight finish, briefly.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(2), drain)
+        .await
+        .is_err()
+    {
+        connections.shutdown().await;
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: Option<IpAddr>,
+    door: Arc<Door>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let door = door.clone();
+        async move { Ok::<_, std::convert::Infallible>(door.handle(&req, peer)) }
+    });
+    // Caddy keeps connections to its upstreams open; a peer that starts a request and
+    // stalls is dropped after 30 s.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!("forward_auth: connection ended: {e}");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_placeholders_are_escaped() {
+        let page = Page {
+            ip: "192.0.2.1".parse().unwrap(),
+            remediation: "ban",
+            origin: "cscli",
+            scenario: "<script>alert('x')</script> & co",
+            request_id: "r\"1",
+        };
+        let out = page.render(
+            "<p>{{ip}} {{ remediation }} {{origin}}</p>{{scenario}}{{request_id}}{{other}}{{",
+        );
+        assert_eq!(
+            out,
+            "<p>192.0.2.1 ban cscli</p>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; cor&quot;1{{other}}{{"
+        );
+    }
+
+    #[test]
+    fn accept_only_json() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_only_json(&h));
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(wants_only_json(&h));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/problem+json;q=1, application/json"),
+        );
+        assert!(wants_only_json(&h));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/html"),
+        );
+        assert!(!wants_only_json(&h));
+        h.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!wants_only_json(&h));
+    }
+
+    #[test]
+    fn entries_with_ports_and_brackets() {
+        assert_eq!(
+            parse_entry("192.0.2.1:80"),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_entry("[2001:db8::1]:80"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_entry("[2001:db8::1]"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(parse_entry("unknown"), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! The two doors Caddy knocks on: the Unix socket speaking the binary protocol of
+//! `bouncer-api` (for the Caddy module) and an HTTP endpoint for Caddy's stock
+//! `forward_auth` directive. Both ask the same [`Decider`] and count what they answer.
+
+pub mod forward_auth;
+pub mod socket;
+
+use crate::decision::Remediation;
+use crate::lapi::sync::SyncStats;
+use crate::store::{Hit, Source};
+use bouncer_api::{Flags, LookupAnswer, Status};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Whether the daemon has a decision set yet: standalone mode, a persisted snapshot, or
+/// a first successful pull. Lookups before that answer with status `not_ready`.
+#[derive(Clone)]
+pub struct Readiness {
+    at_start: bool,
+    stats: Arc<SyncStats>,
+}
+
+impl Readiness {
+    pub fn new(at_start: bool, stats: Arc<SyncStats>) -> Readiness {
+        Readiness { at_start, stats }
+    }
+
+    /// Always ready (tests, standalone tools).
+    pub fn ready() -> Readiness {
+        Readiness::new(true, Arc::default())
+    }
+
+    #[inline]
+    pub fn get(&self) -> bool {
+        self.at_start || self.stats.first_sync_done.load(Ordering::Relaxed)
+    }
+}
+
+/// The wire remediation for a decision's remediation.
+pub fn wire_remediation(r: Remediation) -> bouncer_api::Remediation {
+    match r {
+        Remediation::Ban => bouncer_api::Remediation::Ban,
+        Remediation::Captcha => bouncer_api::Remediation::Captcha,
+        Remediation::Throttle => bouncer_api::Remediation::Throttle,
+        Remediation::Other => bouncer_api::Remediation::Other,
+    }
+}
+
+/// The answer for one lookup, borrowing its strings from the snapshot: `Bypassed` is
+/// allow with the bypassed flag, `FailClosed` a ban with the fail-closed flag, a hit its
+/// remediation, origin, scenario, type and the seconds left (rounded up: the expiry is a
+/// whole second and `now` the current one).
+#[inline]
+pub fn lookup_answer<'a>(
+    source: Source,
+    hit: Option<Hit<'a>>,
+    now: u32,
+    ready: bool,
+) -> LookupAnswer<&'a str> {
+    let status = if ready { Status::Ok } else { Status::NotReady };
+    match (source, hit) {
+        (Source::Bypassed, _) => LookupAnswer {
+            status,
+            flags: Flags::BYPASSED,
+            ..LookupAnswer::allow()
+        },
+        (Source::FailClosed, _) => LookupAnswer {
+            status,
+            remediation: bouncer_api::Remediation::Ban,
+            flags: Flags::FAIL_CLOSED,
+            ..LookupAnswer::allow()
+        },
+        (_, Some(hit)) => LookupAnswer {
+            status,
+            remediation: wire_remediation(hit.remediation()),
+            flags: Flags::NONE,
+            expires_in_s: hit.verdict.expires_at().saturating_sub(now),
+            origin: &hit.meta.origin,
+            scenario: &hit.meta.scenario,
+            decision_type: &hit.meta.type_name,
+        },
+        (_, None) => LookupAnswer {
+            status,
+            ..LookupAnswer::allow()
+        },
+    }
+}
+
+/// Label values for `cerberus_lookups_total{remediation}`.
+pub const REMEDIATION_LABELS: [&str; 5] = ["allow", "ban", "captcha", "throttle", "other"];

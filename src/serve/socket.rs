@@ -1,0 +1,309 @@
+//! The Unix socket door: the binary protocol of `bouncer-api` (see its `PROTOCOL.md`),
+//! served on a dedicated thread with a current-thread runtime (on 2 shared cores one
+//! thread serving the socket beats two, and the hot path never waits on other work).
+//!
+//! Per connection: read what is there, decode every complete request, answer each one
+//! into one output buffer (strings borrowed from the snapshot, no allocation), write the
+//! whole batch at once. A malformed frame gets its error frame after the answers to the
+//! earlier requests, then the connection closes.
+
+use super::{lookup_answer, Readiness, REMEDIATION_LABELS};
+use crate::clock;
+use crate::metrics as names;
+use crate::store::Decider;
+use anyhow::{bail, Context};
+use bouncer_api::{
+    decode_request, encode_lookup_answer, encode_response, ErrorCode, Request, Response,
+};
+use bytes::BytesMut;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+/// How the socket is served.
+#[derive(Debug, Clone)]
+pub struct SocketSettings {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+/// A bound socket, not yet serving.
+pub struct SocketServer {
+    listener: std::os::unix::net::UnixListener,
+    settings: SocketSettings,
+}
+
+impl SocketServer {
+    /// Binds the socket: a socket file left by a crashed daemon is replaced, but a live
+    /// daemon answering on it is an error. The mode is applied with `set_permissions`.
+    pub fn bind(settings: SocketSettings) -> anyhow::Result<SocketServer> {
+        let path = &settings.path;
+        clear_stale(path)?;
+        let listener = std::os::unix::net::UnixListener::bind(path)
+            .with_context(|| format!("socket {}: cannot bind", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.mode))
+            .with_context(|| {
+                format!(
+                    "socket {}: cannot set mode {:04o}",
+                    path.display(),
+                    settings.mode
+                )
+            })?;
+        listener
+            .set_nonblocking(true)
+            .context("socket: cannot make it non-blocking")?;
+        Ok(SocketServer { listener, settings })
+    }
+
+    /// Serves on a thread of its own until `shutdown` turns true, then removes the
+    /// socket file. The handle's thread ends when everything is closed.
+    pub fn spawn(
+        self,
+        decider: Arc<Decider>,
+        ready: Readiness,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let handle = std::thread::Builder::new()
+            .name("cerberus-socket".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!("socket: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(self.serve(decider, ready, shutdown));
+            })
+            .context("socket: cannot spawn its thread")?;
+        Ok(handle)
+    }
+
+    async fn serve(
+        self,
+        decider: Arc<Decider>,
+        ready: Readiness,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let SocketServer { listener, settings } = self;
+        let path = settings.path.clone();
+        let listener = match UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("socket {}: {e}", path.display());
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+        };
+        let limit = Arc::new(Semaphore::new(settings.max_connections));
+        let mut backoff = Duration::ZERO;
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            // The permit is taken before accepting; over the cap the connection is
+            // accepted only to be told `busy` and closed.
+            let permit = limit.clone().try_acquire_owned().ok();
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                r = listener.accept() => r,
+            };
+            while connections.try_join_next().is_some() {}
+            match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
+                    let permit = permit.or_else(|| limit.clone().try_acquire_owned().ok());
+                    match permit {
+                        Some(permit) => {
+                            let conn = Connection {
+                                decider: decider.clone(),
+                                ready: ready.clone(),
+                                idle_timeout: settings.idle_timeout,
+                            };
+                            let shutdown = shutdown.clone();
+                            connections.spawn(async move {
+                                conn.run(stream, shutdown).await;
+                                drop(permit);
+                            });
+                        }
+                        None => {
+                            metrics::counter!(names::SOCKET_REFUSED).increment(1);
+                            connections.spawn(refuse(stream));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    warn!(
+                        "socket: accept failed ({e}); retrying in {} ms",
+                        backoff.as_millis()
+                    );
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+        connections.shutdown().await;
+        info!("socket {} closed", path.display());
+    }
+}
+
+/// Removes a socket file nobody answers on; refuses a live one or a non-socket file.
+pub(crate) fn clear_stale(path: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("socket {}: {e}", path.display()),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "socket {}: the path exists and is not a socket; remove it or choose another `socket`",
+            path.display()
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "socket {}: another process (a running cerberus?) is listening on it; stop it or choose another `socket`",
+            path.display()
+        ),
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
+            info!("socket {}: removing the stale socket file of a previous run", path.display());
+            std::fs::remove_file(path)
+                .with_context(|| format!("socket {}: cannot remove the stale file", path.display()))
+        }
+        Err(e) => bail!("socket {}: cannot tell whether it is in use: {e}", path.display()),
+    }
+}
+
+/// Tells a connection over the cap that the server is busy (id 0), then closes it.
+async fn refuse(mut stream: UnixStream) {
+    let mut out = BytesMut::with_capacity(64);
+    encode_response(
+        &Response::Error {
+            id: 0,
+            code: ErrorCode::Busy,
+            message: "too many connections",
+        },
+        &mut out,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Counters and the histogram of one connection, registered once.
+struct Meters {
+    by_remediation: [metrics::Counter; 5],
+    duration: metrics::Histogram,
+}
+
+impl Meters {
+    fn new(door: &'static str) -> Meters {
+        Meters {
+            by_remediation: REMEDIATION_LABELS
+                .map(|r| metrics::counter!(names::LOOKUPS, "door" => door, "remediation" => r)),
+            duration: metrics::histogram!(names::LOOKUP_DURATION, "door" => door),
+        }
+    }
+}
+
+struct Connection {
+    decider: Arc<Decider>,
+    ready: Readiness,
+    idle_timeout: Duration,
+}
+
+impl Connection {
+    async fn run(self, mut stream: UnixStream, mut shutdown: watch::Receiver<bool>) {
+        let meters = Meters::new("socket");
+        let mut input = BytesMut::with_capacity(4096);
+        let mut output = BytesMut::with_capacity(4096);
+        // The idle timer is not re-armed per batch (that would cost a timer update per
+        // read): a batch only sets `active`, and when the timer fires after activity it
+        // is armed again. So a connection is closed after between one and two idle
+        // periods without a request, and never with part of a frame outstanding.
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        let mut active = false;
+        loop {
+            if input.capacity() - input.len() < bouncer_api::MAX_FRAME_LEN {
+                input.reserve(4096);
+            }
+            let read = tokio::select! {
+                biased;
+                r = stream.read_buf(&mut input) => r,
+                _ = shutdown.changed() => return,
+                _ = &mut idle => {
+                    if !active && input.is_empty() {
+                        debug!("socket: closing an idle connection");
+                        return;
+                    }
+                    active = false;
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+                    continue;
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let fatal = self.answer_all(&mut input, &mut output, &meters);
+            if !output.is_empty() {
+                if stream.write_all(&output).await.is_err() {
+                    return;
+                }
+                output.clear();
+            }
+            if fatal {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            active = true;
+        }
+    }
+
+    /// Answers every complete request in `input`; true after a malformed frame (its error
+    /// frame is already in `output`).
+    fn answer_all(&self, input: &mut BytesMut, output: &mut BytesMut, meters: &Meters) -> bool {
+        let now = clock::now_secs();
+        let ready = self.ready.get();
+        loop {
+            match decode_request(input) {
+                Ok(Some(Request::Lookup { id, addr })) => {
+                    let started = Instant::now();
+                    let remediation = self.decider.decide(addr, now, |source, hit| {
+                        let answer = lookup_answer(source, hit, now, ready);
+                        encode_lookup_answer(id, &answer, output);
+                        answer.remediation as usize
+                    });
+                    meters.by_remediation[remediation].increment(1);
+                    meters.duration.record(started.elapsed().as_secs_f64());
+                }
+                Ok(Some(Request::Ping { id })) => {
+                    encode_response(&Response::<&str>::Pong { id }, output)
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
+                    debug!("socket: malformed frame ({e}); closing the connection");
+                    encode_response(&e.error_response(), output);
+                    return true;
+                }
+            }
+        }
+    }
+}
