@@ -1,0 +1,301 @@
+// Package cerberus is a Caddy HTTP handler that asks the cerberus daemon (a CrowdSec
+// bouncer) what to do with each request's client address, over the daemon's Unix
+// socket, and allows, refuses (403) or throttles (429) the request accordingly.
+package cerberus
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the configuration.
+const (
+	DefaultSocket      = "/run/cerberus/cerberus.sock"
+	DefaultTimeout     = 20 * time.Millisecond
+	DefaultConnections = 4
+	FailOpen           = "open"
+	FailClosed         = "closed"
+)
+
+// failLogEvery is the shortest interval between two "daemon unavailable" logs.
+const failLogEvery = 10 * time.Second
+
+// Handler asks the cerberus daemon about every request's client address.
+//
+// The client address is Caddy's own (the `client_ip` variable), so the server's
+// `trusted_proxies` and `client_ip_headers` apply. Verdicts:
+//
+//   - allow: the next handler runs.
+//   - ban, and `other` (a decision type the daemon does not map; treated as ban, as
+//     CrowdSec's bouncers do with their default fallback remediation): a Caddy HTTP
+//     error with status 403, which `handle_errors` can render.
+//   - captcha: answered as ban (403) until captcha support exists; the placeholder
+//     `{http.cerberus.remediation}` still says `captcha`.
+//   - throttle: an HTTP error with status 429 and a `Retry-After` header (seconds
+//     until the decision expires, at least 1).
+//
+// In every case the handler sets the placeholders `{http.cerberus.remediation}`
+// (allow, ban, captcha, throttle, other, or `unavailable` when the daemon did not
+// answer), `{http.cerberus.origin}`, `{http.cerberus.scenario}`,
+// `{http.cerberus.type}` and `{http.cerberus.expires_in_s}`.
+//
+// When the daemon is unreachable, times out, answers with an error, or says that it
+// has no decision set yet (`not_ready`), the `fail` policy decides. Such failures
+// are logged at most once every 10 s (with the number of failures since the last
+// log) and counted in the Prometheus counter
+// `caddy_http_cerberus_failures_total{reason}` (reason: connect, timeout, broken,
+// daemon_error, not_ready, no_client_ip). Verdicts are counted in
+// `caddy_http_cerberus_verdicts_total{remediation}`.
+type Handler struct {
+	// Socket is the path of the daemon's Unix socket.
+	// Default: /run/cerberus/cerberus.sock.
+	Socket string `json:"socket,omitempty"`
+
+	// Timeout bounds one lookup, connecting included. Default: 20ms. The daemon
+	// answers in microseconds; this only bounds the damage when it is stuck.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Fail is what to do when the daemon gives no usable answer: "open" (pass the
+	// request) or "closed" (refuse it with a 503 error). Default: "open", because
+	// the daemon is a filter in front of a working site: a crashed or restarting
+	// bouncer should not take the site down with it, and the daemon itself already
+	// applies its own `on_lapi_unreachable` policy when it runs but cannot sync.
+	// Choose "closed" where letting a banned client through is worse than an
+	// outage.
+	Fail string `json:"fail,omitempty"`
+
+	// Connections is the number of connections kept open to the daemon; every
+	// connection carries many concurrent lookups. Default: 4.
+	Connections int `json:"connections,omitempty"`
+
+	client  *Client
+	logger  *zap.Logger
+	failLog *rateLimitedLog
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.cerberus",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision fills in the defaults and prepares the client. It does not dial: the
+// first request does, so Caddy starts even while the daemon is down.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Socket == "" {
+		h.Socket = DefaultSocket
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(DefaultTimeout)
+	}
+	if h.Fail == "" {
+		h.Fail = FailOpen
+	}
+	if h.Connections == 0 {
+		h.Connections = DefaultConnections
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	h.failLog = &rateLimitedLog{logger: h.logger, every: failLogEvery}
+	h.client = NewClient(h.Socket, h.Connections, time.Duration(h.Timeout))
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.Fail != FailOpen && h.Fail != FailClosed {
+		return fmt.Errorf("cerberus: fail must be %q or %q, not %q", FailOpen, FailClosed, h.Fail)
+	}
+	if h.Timeout < 0 {
+		return fmt.Errorf("cerberus: timeout must not be negative")
+	}
+	if h.Connections < 0 {
+		return fmt.Errorf("cerberus: connections must not be negative")
+	}
+	return nil
+}
+
+// Cleanup closes the connections. It works whatever Provision did.
+func (h *Handler) Cleanup() error {
+	if h.client != nil {
+		return h.client.Close()
+	}
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil { // not served by Caddy's server (direct use, some tests)
+		repl = caddy.NewReplacer()
+	}
+
+	addr, ok := clientAddr(r)
+	if !ok {
+		return h.failure(w, r, next, repl, "no_client_ip", fmt.Errorf("no client IP address in %q", r.RemoteAddr))
+	}
+	ans, err := h.client.Lookup(r.Context(), addr)
+	if err != nil {
+		return h.failure(w, r, next, repl, failureReason(err), err)
+	}
+	if ans.Status == StatusNotReady {
+		return h.failure(w, r, next, repl, "not_ready", errors.New("daemon has no decision set yet"))
+	}
+
+	repl.Set("http.cerberus.remediation", ans.Remediation.String())
+	repl.Set("http.cerberus.origin", ans.Origin)
+	repl.Set("http.cerberus.scenario", ans.Scenario)
+	repl.Set("http.cerberus.type", ans.Type)
+	repl.Set("http.cerberus.expires_in_s", strconv.FormatUint(uint64(ans.ExpiresInS), 10))
+	verdicts.WithLabelValues(ans.Remediation.String()).Inc()
+
+	switch ans.Remediation {
+	case Allow:
+		return next.ServeHTTP(w, r)
+	case Throttle:
+		retry := max(ans.ExpiresInS, 1)
+		w.Header().Set("Retry-After", strconv.FormatUint(uint64(retry), 10))
+		return caddyhttp.Error(http.StatusTooManyRequests,
+			fmt.Errorf("cerberus: %s throttled by %s (%s)", addr, ans.Origin, ans.Scenario))
+	default: // ban, captcha (no captcha support yet), other
+		return caddyhttp.Error(http.StatusForbidden,
+			fmt.Errorf("cerberus: %s: %s by %s (%s)", addr, ans.Remediation, ans.Origin, ans.Scenario))
+	}
+}
+
+// failure applies the fail policy to a request the daemon gave no usable answer for.
+func (h *Handler) failure(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	repl *caddy.Replacer, reason string, err error) error {
+	repl.Set("http.cerberus.remediation", "unavailable")
+	repl.Set("http.cerberus.origin", "")
+	repl.Set("http.cerberus.scenario", "")
+	repl.Set("http.cerberus.type", "")
+	repl.Set("http.cerberus.expires_in_s", "0")
+	failures.WithLabelValues(reason).Inc()
+	h.failLog.record(reason, h.Fail, err)
+	if h.Fail == FailClosed {
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("cerberus: fail closed: %w", err))
+	}
+	return next.ServeHTTP(w, r)
+}
+
+func failureReason(err error) string {
+	var se *ServerError
+	switch {
+	case errors.Is(err, ErrTimeout):
+		return "timeout"
+	case errors.Is(err, ErrConnect):
+		return "connect"
+	case errors.As(err, &se):
+		return "daemon_error"
+	}
+	return "broken"
+}
+
+// clientAddr returns Caddy's client IP (which honours trusted_proxies), falling
+// back to the connection's remote address.
+func clientAddr(r *http.Request) (netip.Addr, bool) {
+	s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	if s == "" {
+		s = r.RemoteAddr
+		if host, _, err := net.SplitHostPort(s); err == nil {
+			s = host
+		}
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return a.WithZone("").Unmap(), true
+}
+
+// rateLimitedLog logs daemon failures at most once per interval, with a count of
+// the failures since the previous log.
+type rateLimitedLog struct {
+	logger *zap.Logger
+	every  time.Duration
+
+	mu     sync.Mutex
+	last   time.Time
+	missed int
+}
+
+func (l *rateLimitedLog) record(reason, policy string, err error) {
+	l.mu.Lock()
+	l.missed++
+	now := time.Now()
+	if !l.last.IsZero() && now.Sub(l.last) < l.every {
+		l.mu.Unlock()
+		return
+	}
+	n := l.missed
+	l.missed = 0
+	l.last = now
+	l.mu.Unlock()
+	l.logger.Warn("cerberus daemon gave no usable answer; applying the fail policy",
+		zap.String("reason", reason),
+		zap.String("fail", policy),
+		zap.Int("failures_since_last_log", n),
+		zap.Error(err))
+}
+
+// Metrics, shared by every handler instance and registered in each config's
+// registry (a config reload gets a new registry; the counts go on).
+var (
+	failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "http_cerberus",
+		Name:      "failures_total",
+		Help:      "Requests for which the cerberus daemon gave no usable answer, by reason.",
+	}, []string{"reason"})
+	verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "http_cerberus",
+		Name:      "verdicts_total",
+		Help:      "Answers of the cerberus daemon, by remediation.",
+	}, []string{"remediation"})
+)
+
+func registerMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{failures, verdicts} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return fmt.Errorf("cerberus: registering metrics: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)
