@@ -78,16 +78,18 @@ done
 }
 
 echo
-echo "Unix socket, $N decisions, ${SECS}s per row, one lookup in flight per connection:"
+echo "Unix socket, $N decisions, ${SECS}s per row (connections x lookups in flight on each):"
 echo
-echo "| connections | lookups/s | p50 | p99 |"
+echo "| connections x in flight | lookups/s | p50 | p99 |"
 echo "|---|---|---|---|"
-for c in 1 16 64; do
-    line="$("$LOAD" --socket "$WORK/cerberus.sock" --connections "$c" --depth 1 --seconds "$SECS")"
+for shape in 1:1 16:1 64:1 4:16; do
+    c="${shape%%:*}"
+    depth="${shape##*:}"
+    line="$("$LOAD" --socket "$WORK/cerberus.sock" --connections "$c" --depth "$depth" --seconds "$SECS")"
     rate="$(sed -E 's/.* rate=([0-9]+).*/\1/' <<<"$line")"
     p50="$(sed -E 's/.* p50=([0-9.]+us).*/\1/' <<<"$line")"
     p99="$(sed -E 's/.* p99=([0-9.]+us).*/\1/' <<<"$line")"
-    echo "| $c | $rate | $p50 | $p99 |"
+    echo "| $c x $depth | $rate | $p50 | $p99 |"
 done
 
 BARE_PORT="$(free_port)"
