@@ -5,31 +5,12 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use support::caddy::{client_from, free_port, status, wait_status, Caddy};
 use support::lapi::Lapi;
 
 const CADDY: &str = "/usr/bin/caddy";
-
-struct Caddy {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// The `forward_auth ... { ... }` block of the example, pointed at `upstream`.
 fn example_forward_auth(upstream: &str) -> String {
@@ -41,60 +22,13 @@ fn example_forward_auth(upstream: &str) -> String {
 }
 
 fn start_caddy(port: u16, upstream: &str) -> Caddy {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("Caddyfile");
-    let caddyfile = format!(
-        "{{\n\tadmin off\n\tauto_https off\n}}\n\nhttp://:{port} {{\n\tbind 127.0.0.1 [::1]\n{}\n\trespond \"ok\"\n}}\n",
-        example_forward_auth(upstream)
-    );
-    std::fs::write(&file, caddyfile).unwrap();
-    let log = std::fs::File::create(dir.path().join("caddy.log")).unwrap();
-    let child = Command::new(CADDY)
-        .args(["run", "--config"])
-        .arg(&file)
-        .args(["--adapter", "caddyfile"])
-        .env("HOME", dir.path())
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .env("XDG_DATA_HOME", dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("caddy (apt-get install -y caddy)");
-    Caddy { child, _dir: dir }
-}
-
-fn client_from(local: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(local.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
-}
-
-async fn status(client: &reqwest::Client, url: &str, xff: Option<&str>) -> Option<u16> {
-    let mut req = client.get(url);
-    if let Some(v) = xff {
-        req = req.header("X-Forwarded-For", v);
-    }
-    req.send().await.ok().map(|r| r.status().as_u16())
-}
-
-/// Polls until `url` answers `want` for a client bound to `local`; bounded.
-async fn wait_status(what: &str, local: &str, url: &str, want: u16, secs: u64) {
-    let client = client_from(local);
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let got = status(&client, url, None).await;
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}: last answer {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Caddy::start(
+        CADDY,
+        &format!(
+            "http://:{port} {{\n\tbind 127.0.0.1 [::1]\n{}\n\trespond \"ok\"\n}}\n",
+            example_forward_auth(upstream)
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
