@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Caddy bouncers compared in one run, same machine, loopback only, bounded in time:
+#   (a) bare Caddy (static respond);
+#   (b) Caddy with the cerberus module (Unix socket to the cerberus daemon);
+#   (c) Caddy with forward_auth to the cerberus daemon;
+#   (d) Caddy with the incumbent hslatman/caddy-crowdsec-bouncer (in process, stream
+#       mode), built from benches/incumbent/ against the same Caddy version.
+# One real LAPI (scripts/crowdsec-lapi.sh) holds N decisions (default 100000, imported
+# with cscli); cerberus and the incumbent each sync from it with a bouncer key of their
+# own. wrk -t2 -c64 measures every setup with the client not banned, then again after
+# `cscli decisions add --ip 127.0.0.1`. Prints a Markdown table: requests/s, p50, p99
+# and the ratio to bare Caddy.
+#
+# usage: bash benches/caddy_compare.sh [DECISIONS] [SECONDS]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+N="${1:-100000}"
+SECS="${2:-10}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/cerberus-compare.XXXXXX")"
+PIDS=()
+OUR_CADDY="$ROOT/caddy-module/bin/caddy"
+INC_DIR="$ROOT/benches/incumbent"
+INC_CADDY="$INC_DIR/bin/caddy"
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    bash "$ROOT/scripts/crowdsec-lapi.sh" stop "$WORK/lapi" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+status_of() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
+# Waits up to $1 tenths of a second until `status_of ARGS...` answers $2.
+wait_status() {
+    local tenths="$1" want="$2"
+    shift 2
+    for _ in $(seq "$tenths"); do
+        [[ "$(status_of "$@")" == "$want" ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+for cmd in wrk python3 curl go; do
+    command -v "$cmd" >/dev/null || { echo "$cmd is missing (bash scripts/test.sh installs it)" >&2; exit 1; }
+done
+
+echo "building release cerberus and Caddy with the cerberus module..." >&2
+(cd "$ROOT" && cargo build --release --quiet --bin cerberus)
+CERBERUS="$ROOT/target/release/cerberus"
+bash "$ROOT/scripts/build-caddy.sh" >/dev/null
+
+INCUMBENT=1
+echo "building Caddy with the incumbent bouncer (benches/incumbent)..." >&2
+if ! (cd "$INC_DIR" && go build -o "$INC_CADDY" .) >"$WORK/incumbent-build.log" 2>&1; then
+    INCUMBENT=0
+    echo "SKIPPING the incumbent: its build failed:" >&2
+    cat "$WORK/incumbent-build.log" >&2
+fi
+
+bash "$ROOT/scripts/crowdsec-lapi.sh" install >/dev/null
+bash "$ROOT/scripts/crowdsec-lapi.sh" start "$WORK/lapi" >/dev/null
+# shellcheck disable=SC1091
+source "$WORK/lapi/env"
+cscli() { bash "$ROOT/scripts/crowdsec-lapi.sh" cscli "$WORK/lapi" "$@"; }
+
+echo "importing $N decisions into LAPI..." >&2
+python3 - "$N" >"$WORK/decisions.csv" <<'PY'
+import sys
+n = int(sys.argv[1])
+print("duration,scope,value,type,reason")
+for i in range(n):
+    print(f"4h,ip,10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255},ban,bench")
+PY
+cscli decisions import -i "$WORK/decisions.csv" --format csv >/dev/null 2>&1 ||
+    cscli decisions import -i "$WORK/decisions.csv" >/dev/null
+
+FA_PORT="$(free_port)"
+cat >"$WORK/cerberus.yaml" <<YAML
+api_url: $LAPI_URL
+api_key: $LAPI_BOUNCER_KEY
+update_frequency: 1s
+data_dir: $WORK/data
+socket: $WORK/cerberus.sock
+forward_auth_listen: 127.0.0.1:$FA_PORT
+admin_listen: "off"
+log_level: warn
+YAML
+"$CERBERUS" run -c "$WORK/cerberus.yaml" >"$WORK/cerberus.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 300); do
+    if [[ -S "$WORK/cerberus.sock" ]] && "$CERBERUS" lookup 10.0.0.1 --socket "$WORK/cerberus.sock" 2>/dev/null | grep -q '"ban"'; then
+        break
+    fi
+    sleep 0.1
+done
+"$CERBERUS" lookup 10.0.0.1 --socket "$WORK/cerberus.sock" | grep -q '"ban"' || {
+    echo "cerberus did not sync the decisions; log:" >&2
+    tail -20 "$WORK/cerberus.log" >&2
+    exit 1
+}
+
+# Both Caddyfiles trust 127.0.0.1 as a proxy, so that a probe can ask for an imported
+# address with X-Forwarded-For (wrk sends none: its client IP stays 127.0.0.1). Same
+# global options in both, so that the four setups differ only in their handler.
+GLOBAL="$(printf '{\n\tadmin off\n\tauto_https off\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n')"
+
+BARE_PORT="$(free_port)"
+MOD_PORT="$(free_port)"
+FWD_PORT="$(free_port)"
+cat >"$WORK/Caddyfile.ours" <<CADDY
+$GLOBAL
+}
+:$BARE_PORT {
+	respond "ok"
+}
+:$MOD_PORT {
+	route {
+		cerberus {
+			socket $WORK/cerberus.sock
+			timeout 20ms
+			fail open
+		}
+		respond "ok"
+	}
+}
+:$FWD_PORT {
+	forward_auth 127.0.0.1:$FA_PORT {
+		uri /
+	}
+	respond "ok"
+}
+CADDY
+XDG_DATA_HOME="$WORK/xdg-ours" XDG_CONFIG_HOME="$WORK/xdg-ours" \
+    "$OUR_CADDY" run --config "$WORK/Caddyfile.ours" --adapter caddyfile >"$WORK/caddy-ours.log" 2>&1 &
+PIDS+=($!)
+wait_status 100 200 "http://127.0.0.1:$BARE_PORT/" || {
+    echo "our Caddy did not start; log:" >&2
+    tail -20 "$WORK/caddy-ours.log" >&2
+    exit 1
+}
+# (forward_auth gets the synced daemon too, but passes the connection's address on.)
+wait_status 100 403 -H 'X-Forwarded-For: 10.0.0.1' "http://127.0.0.1:$MOD_PORT/" || {
+    echo "the cerberus module does not ban 10.0.0.1; log:" >&2
+    tail -20 "$WORK/caddy-ours.log" >&2
+    exit 1
+}
+
+INC_PORT=""
+if [[ $INCUMBENT == 1 ]]; then
+    INC_KEY="$(bash "$ROOT/scripts/crowdsec-lapi.sh" bouncer "$WORK/lapi" incumbent)"
+    INC_PORT="$(free_port)"
+    cat >"$WORK/Caddyfile.incumbent" <<CADDY
+$GLOBAL
+	crowdsec {
+		api_url $LAPI_URL
+		api_key $INC_KEY
+		ticker_interval 1s
+	}
+}
+:$INC_PORT {
+	route {
+		crowdsec
+		respond "ok"
+	}
+}
+CADDY
+    XDG_DATA_HOME="$WORK/xdg-inc" XDG_CONFIG_HOME="$WORK/xdg-inc" \
+        "$INC_CADDY" run --config "$WORK/Caddyfile.incumbent" --adapter caddyfile >"$WORK/caddy-inc.log" 2>&1 &
+    PIDS+=($!)
+    # Synced once an imported address is banned (30 s at most).
+    if ! wait_status 300 403 -H 'X-Forwarded-For: 10.0.0.1' "http://127.0.0.1:$INC_PORT/"; then
+        INCUMBENT=0
+        echo "SKIPPING the incumbent: it did not ban an imported address within 30 s; log:" >&2
+        tail -20 "$WORK/caddy-inc.log" >&2
+    fi
+fi
+
+run_wrk() {
+    local out rps p50 p99 non2xx
+    out="$(wrk -t2 -c64 -d"${SECS}s" --latency "$1")"
+    rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+    p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
+    p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
+    non2xx="$(awk '/Non-2xx/ {print $5}' <<<"$out")"
+    echo "$rps|$p50|$p99|${non2xx:-0}"
+}
+
+NAMES=(bare module forward_auth)
+PORTS=("$BARE_PORT" "$MOD_PORT" "$FWD_PORT")
+if [[ $INCUMBENT == 1 ]]; then
+    NAMES+=(incumbent)
+    PORTS+=("$INC_PORT")
+fi
+declare -A LABEL=(
+    [bare]="(a) bare Caddy (respond)"
+    [module]="(b) cerberus module (Unix socket)"
+    [forward_auth]="(c) forward_auth to cerberus"
+    [incumbent]="(d) hslatman/caddy-crowdsec-bouncer (stream)"
+)
+declare -A FREE BANNED
+
+echo "measuring, client not banned..." >&2
+for i in "${!NAMES[@]}"; do
+    FREE[${NAMES[$i]}]="$(run_wrk "http://127.0.0.1:${PORTS[$i]}/")"
+done
+
+cscli decisions add --ip 127.0.0.1 --duration 1h --reason bench >/dev/null
+echo "measuring, client banned..." >&2
+for i in "${!NAMES[@]}"; do
+    [[ ${NAMES[$i]} == bare ]] && continue
+    wait_status 300 403 "http://127.0.0.1:${PORTS[$i]}/" ||
+        echo "warning: ${NAMES[$i]} did not answer 403 within 30 s" >&2
+    BANNED[${NAMES[$i]}]="$(run_wrk "http://127.0.0.1:${PORTS[$i]}/")"
+done
+
+ratio() { python3 -c "print(f'{float(\"$1\") / float(\"$2\"):.2f}')"; }
+IFS='|' read -r BARE_RPS _ <<<"${FREE[bare]}"
+row() {
+    local r a b c
+    IFS='|' read -r r a b c <<<"$2"
+    echo "| $1 | $r | $a | $b | $c | $(ratio "$r" "$BARE_RPS") |"
+}
+
+inc_version=""
+if [[ $INCUMBENT == 1 ]]; then
+    inc_version=", incumbent $(cd "$INC_DIR" && go list -m -f '{{.Version}}' github.com/hslatman/caddy-crowdsec-bouncer)"
+fi
+echo
+echo "wrk -t2 -c64 -d${SECS}s, loopback, $N decisions in LAPI, Caddy $("$OUR_CADDY" version | awk '{print $1}')${inc_version}, same run:"
+echo
+echo "| setup | client | requests/s | p50 | p99 | non-2xx | ratio to bare Caddy |"
+echo "|---|---|---|---|---|---|---|"
+for name in "${NAMES[@]}"; do
+    row "${LABEL[$name]} | not banned" "${FREE[$name]}"
+done
+for name in "${NAMES[@]}"; do
+    [[ $name == bare ]] && continue
+    row "${LABEL[$name]} | banned (403)" "${BANNED[$name]}"
+done
+if [[ $INCUMBENT == 0 ]]; then
+    echo
+    echo "(d) hslatman/caddy-crowdsec-bouncer: skipped (see the messages above)."
+fi
