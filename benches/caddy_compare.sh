@@ -18,20 +18,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 N="${1:-100000}"
 SECS="${2:-10}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cerberus-compare.XXXXXX")"
-PIDS=()
 OUR_CADDY="$ROOT/caddy-module/bin/caddy"
 INC_DIR="$ROOT/benches/incumbent"
 INC_CADDY="$INC_DIR/bin/caddy"
 
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    bash "$ROOT/scripts/crowdsec-lapi.sh" stop "$WORK/lapi" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 status_of() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
 # Waits up to $1 tenths of a second until `status_of ARGS...` answers $2.
 wait_status() {
@@ -44,13 +34,10 @@ wait_status() {
     return 1
 }
 
-for cmd in wrk python3 curl go; do
-    command -v "$cmd" >/dev/null || { echo "$cmd is missing (bash scripts/test.sh installs it)" >&2; exit 1; }
-done
-
-echo "building release cerberus and Caddy with the cerberus module..." >&2
-(cd "$ROOT" && cargo build --release --quiet --bin cerberus)
-CERBERUS="$ROOT/target/release/cerberus"
+command -v go >/dev/null || { echo "go is missing" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_start
 bash "$ROOT/scripts/build-caddy.sh" >/dev/null
 
 INCUMBENT=1
@@ -60,48 +47,6 @@ if ! (cd "$INC_DIR" && go build -o "$INC_CADDY" .) >"$WORK/incumbent-build.log" 
     echo "SKIPPING the incumbent: its build failed:" >&2
     cat "$WORK/incumbent-build.log" >&2
 fi
-
-bash "$ROOT/scripts/crowdsec-lapi.sh" install >/dev/null
-bash "$ROOT/scripts/crowdsec-lapi.sh" start "$WORK/lapi" >/dev/null
-# shellcheck disable=SC1091
-source "$WORK/lapi/env"
-cscli() { bash "$ROOT/scripts/crowdsec-lapi.sh" cscli "$WORK/lapi" "$@"; }
-
-echo "importing $N decisions into LAPI..." >&2
-python3 - "$N" >"$WORK/decisions.csv" <<'PY'
-import sys
-n = int(sys.argv[1])
-print("duration,scope,value,type,reason")
-for i in range(n):
-    print(f"4h,ip,10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255},ban,bench")
-PY
-cscli decisions import -i "$WORK/decisions.csv" --format csv >/dev/null 2>&1 ||
-    cscli decisions import -i "$WORK/decisions.csv" >/dev/null
-
-FA_PORT="$(free_port)"
-cat >"$WORK/cerberus.yaml" <<YAML
-api_url: $LAPI_URL
-api_key: $LAPI_BOUNCER_KEY
-update_frequency: 1s
-data_dir: $WORK/data
-socket: $WORK/cerberus.sock
-forward_auth_listen: 127.0.0.1:$FA_PORT
-admin_listen: "off"
-log_level: warn
-YAML
-"$CERBERUS" run -c "$WORK/cerberus.yaml" >"$WORK/cerberus.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 300); do
-    if [[ -S "$WORK/cerberus.sock" ]] && "$CERBERUS" lookup 10.0.0.1 --socket "$WORK/cerberus.sock" 2>/dev/null | grep -q '"ban"'; then
-        break
-    fi
-    sleep 0.1
-done
-"$CERBERUS" lookup 10.0.0.1 --socket "$WORK/cerberus.sock" | grep -q '"ban"' || {
-    echo "cerberus did not sync the decisions; log:" >&2
-    tail -20 "$WORK/cerberus.log" >&2
-    exit 1
-}
 
 # Both Caddyfiles trust 127.0.0.1 as a proxy, so that a probe can ask for an imported
 # address with X-Forwarded-For (wrk sends none: its client IP stays 127.0.0.1). Same
@@ -179,16 +124,6 @@ CADDY
     fi
 fi
 
-run_wrk() {
-    local out rps p50 p99 non2xx
-    out="$(wrk -t2 -c64 -d"${SECS}s" --latency "$1")"
-    rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-    p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
-    p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
-    non2xx="$(awk '/Non-2xx/ {print $5}' <<<"$out")"
-    echo "$rps|$p50|$p99|${non2xx:-0}"
-}
-
 NAMES=(bare module forward_auth)
 PORTS=("$BARE_PORT" "$MOD_PORT" "$FWD_PORT")
 if [[ $INCUMBENT == 1 ]]; then
@@ -217,7 +152,6 @@ for i in "${!NAMES[@]}"; do
     BANNED[${NAMES[$i]}]="$(run_wrk "http://127.0.0.1:${PORTS[$i]}/")"
 done
 
-ratio() { python3 -c "print(f'{float(\"$1\") / float(\"$2\"):.2f}')"; }
 IFS='|' read -r BARE_RPS _ <<<"${FREE[bare]}"
 row() {
     local r a b c

@@ -14,68 +14,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 N="${1:-100000}"
 SECS="${2:-10}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cerberus-e2e.XXXXXX")"
-PIDS=()
-
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    bash "$ROOT/scripts/crowdsec-lapi.sh" stop "$WORK/lapi" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-for cmd in caddy wrk python3; do
-    command -v "$cmd" >/dev/null || { echo "$cmd is missing (bash scripts/test.sh installs it)" >&2; exit 1; }
-done
-
-echo "building release binaries..." >&2
-(cd "$ROOT" && cargo build --release --quiet --bin cerberus && cargo build --release --quiet -p bouncer-api --example socket_load)
-CERBERUS="$ROOT/target/release/cerberus"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_start
+(cd "$ROOT" && cargo build --release --quiet -p bouncer-api --example socket_load)
 LOAD="$ROOT/target/release/examples/socket_load"
-
-bash "$ROOT/scripts/crowdsec-lapi.sh" install >/dev/null
-bash "$ROOT/scripts/crowdsec-lapi.sh" start "$WORK/lapi" >/dev/null
-# shellcheck disable=SC1091
-source "$WORK/lapi/env"
-cscli() { bash "$ROOT/scripts/crowdsec-lapi.sh" cscli "$WORK/lapi" "$@"; }
-
-echo "importing $N decisions into LAPI..." >&2
-python3 - "$N" >"$WORK/decisions.csv" <<'PY'
-import sys
-n = int(sys.argv[1])
-print("duration,scope,value,type,reason")
-for i in range(n):
-    print(f"4h,ip,10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255},ban,bench")
-PY
-cscli decisions import -i "$WORK/decisions.csv" --format csv >/dev/null 2>&1 ||
-    cscli decisions import -i "$WORK/decisions.csv" >/dev/null
-
-FA_PORT="$(free_port)"
-cat >"$WORK/cerberus.yaml" <<YAML
-api_url: $LAPI_URL
-api_key: $LAPI_BOUNCER_KEY
-update_frequency: 1s
-data_dir: $WORK/data
-socket: $WORK/cerberus.sock
-forward_auth_listen: 127.0.0.1:$FA_PORT
-admin_listen: "off"
-log_level: warn
-YAML
-"$CERBERUS" run -c "$WORK/cerberus.yaml" >"$WORK/cerberus.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 300); do
-    if [[ -S "$WORK/cerberus.sock" ]] && "$CERBERUS" lookup 10.0.0.1 --socket "$WORK/cerberus.sock" 2>/dev/null | grep -q '"ban"'; then
-        break
-    fi
-    sleep 0.1
-done
-"$CERBERUS" lookup 10.0.0.1 --socket "$WORK/cerberus.sock" | grep -q '"ban"' || {
-    echo "cerberus did not sync the decisions; log:" >&2
-    tail -20 "$WORK/cerberus.log" >&2
-    exit 1
-}
 
 echo
 echo "Unix socket, $N decisions, ${SECS}s per row (connections x lookups in flight on each):"
@@ -116,17 +59,6 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-run_wrk() {
-    local out
-    out="$(wrk -t2 -c64 -d"${SECS}s" --latency "$1")"
-    local rps p50 p99 non2xx
-    rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-    p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
-    p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
-    non2xx="$(awk '/Non-2xx/ {print $5}' <<<"$out")"
-    echo "$rps|$p50|$p99|${non2xx:-0}"
-}
-
 bare="$(run_wrk "http://127.0.0.1:$BARE_PORT/")"
 fwd="$(run_wrk "http://127.0.0.1:$FWD_PORT/")"
 cscli decisions add --ip 127.0.0.1 --duration 1h --reason bench >/dev/null
@@ -136,7 +68,6 @@ for _ in $(seq 100); do
 done
 fwd_banned="$(run_wrk "http://127.0.0.1:$FWD_PORT/")"
 
-ratio() { python3 -c "print(f'{float(\"$1\") / float(\"$2\"):.2f}')"; }
 echo
 echo "wrk -t2 -c64 -d${SECS}s through Debian's Caddy $(caddy version | awk '{print $1}'), same run:"
 echo
