@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// The page sent with a ban when no `ban_template` is configured.
 pub const BUILTIN_TEMPLATE: &str = include_str!("ban.html");
@@ -426,14 +426,15 @@ async fn accept_loop(
                 };
             }
             Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                warn!(
-                    "forward_auth: accept failed ({e}); retrying in {} ms",
-                    backoff.as_millis()
-                );
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if super::back_off_after_accept_error(
+                    "forward_auth",
+                    &e,
+                    &mut backoff,
+                    &mut shutdown,
+                )
+                .await
+                {
+                    break;
                 }
             }
         }

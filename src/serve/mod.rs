@@ -88,3 +88,23 @@ pub fn lookup_answer<'a>(
 
 /// Label values for `cerberus_lookups_total{remediation}`.
 pub const REMEDIATION_LABELS: [&str; 5] = ["allow", "ban", "captcha", "throttle", "other"];
+
+/// After a failed accept (out of file descriptors and the like): waits instead of
+/// spinning, doubling from 5 ms up to 1 s. Returns true when shutdown was asked meanwhile.
+pub(crate) async fn back_off_after_accept_error(
+    door: &str,
+    e: &std::io::Error,
+    backoff: &mut std::time::Duration,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    use std::time::Duration;
+    *backoff = (*backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    tracing::warn!(
+        "{door}: accept failed ({e}); retrying in {} ms",
+        backoff.as_millis()
+    );
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(*backoff) => false,
+    }
+}

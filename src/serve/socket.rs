@@ -143,15 +143,10 @@ impl SocketServer {
                     }
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                    warn!(
-                        "socket: accept failed ({e}); retrying in {} ms",
-                        backoff.as_millis()
-                    );
-                    tokio::select! {
-                        _ = shutdown.changed() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if super::back_off_after_accept_error("socket", &e, &mut backoff, &mut shutdown)
+                        .await
+                    {
+                        break;
                     }
                 }
             }
