@@ -4,17 +4,18 @@
 mod support;
 
 use cerberus::decision::{Decision, Target};
-use std::process::Command;
 use std::time::Duration;
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cerberus");
 
-fn run(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
+async fn run(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .current_dir(cwd)
         .env_remove("CERBERUS_SOCKET")
         .output()
+        .await
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -56,12 +57,7 @@ async fn lookup_prints_one_json_line() {
     let socket = app.config.socket.to_str().unwrap().to_string();
     let cwd = dir.path().to_path_buf();
 
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let (s, c) = (socket.clone(), cwd.clone());
-        move || run(&["lookup", "192.0.2.44", "--socket", &s], &c)
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run(&["lookup", "192.0.2.44", "--socket", &socket], &cwd).await;
     assert_eq!(code, 0, "{err}");
     let v = json(&out);
     assert_eq!(v["ip"], "192.0.2.44");
@@ -73,24 +69,14 @@ async fn lookup_prints_one_json_line() {
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 5, "{v}");
 
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let (s, c) = (socket.clone(), cwd.clone());
-        move || run(&["lookup", "2001:db8:1::9", "--socket", &s], &c)
-    })
-    .await
-    .unwrap();
+    let (code, out, _) = run(&["lookup", "2001:db8:1::9", "--socket", &socket], &cwd).await;
     assert_eq!(code, 0);
     let v = json(&out);
     assert_eq!(v["remediation"], "captcha");
     assert_eq!(v["origin"], "crowdsec");
 
     // Nothing applies: allow, origin and scenario null.
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let (s, c) = (socket.clone(), cwd.clone());
-        move || run(&["lookup", "198.51.100.1", "--socket", &s], &c)
-    })
-    .await
-    .unwrap();
+    let (code, out, _) = run(&["lookup", "198.51.100.1", "--socket", &socket], &cwd).await;
     assert_eq!(code, 0);
     let v = json(&out);
     assert_eq!(v["remediation"], "allow");
@@ -104,29 +90,18 @@ async fn lookup_prints_one_json_line() {
         format!("data_dir: {}\nsocket: {socket}\n", dir.path().display()),
     )
     .unwrap();
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let (f, c) = (cfg.clone(), cwd.clone());
-        move || {
-            run(
-                &["lookup", "::ffff:192.0.2.44", "-c", f.to_str().unwrap()],
-                &c,
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run(
+        &["lookup", "::ffff:192.0.2.44", "-c", cfg.to_str().unwrap()],
+        &cwd,
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     let v = json(&out);
     assert_eq!(v["ip"], "192.0.2.44");
     assert_eq!(v["remediation"], "ban");
 
     // A bad IP: a clear message, non-zero exit, nothing on stdout.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let (s, c) = (socket.clone(), cwd.clone());
-        move || run(&["lookup", "300.1.2.3", "--socket", &s], &c)
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run(&["lookup", "300.1.2.3", "--socket", &socket], &cwd).await;
     assert_ne!(code, 0);
     assert!(out.is_empty());
     assert!(err.contains("not an IPv4 or IPv6 address"), "{err}");
@@ -136,12 +111,7 @@ async fn lookup_prints_one_json_line() {
         .unwrap();
 
     // The daemon is gone: unreachable socket.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let (s, c) = (socket.clone(), cwd.clone());
-        move || run(&["lookup", "192.0.2.44", "--socket", &s], &c)
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run(&["lookup", "192.0.2.44", "--socket", &socket], &cwd).await;
     assert_ne!(code, 0);
     assert!(out.is_empty());
     assert!(err.contains("cannot ask the daemon on"), "{err}");
