@@ -79,9 +79,7 @@ $GLOBAL
 	respond "ok"
 }
 CADDY
-XDG_DATA_HOME="$WORK/xdg-ours" XDG_CONFIG_HOME="$WORK/xdg-ours" \
-    "$OUR_CADDY" run --config "$WORK/Caddyfile.ours" --adapter caddyfile >"$WORK/caddy-ours.log" 2>&1 &
-PIDS+=($!)
+start_caddy "$OUR_CADDY" "$WORK/Caddyfile.ours" caddy-ours
 wait_status 100 200 "http://127.0.0.1:$BARE_PORT/" || {
     echo "our Caddy did not start; log:" >&2
     tail -20 "$WORK/caddy-ours.log" >&2
@@ -113,9 +111,7 @@ $GLOBAL
 	}
 }
 CADDY
-    XDG_DATA_HOME="$WORK/xdg-inc" XDG_CONFIG_HOME="$WORK/xdg-inc" \
-        "$INC_CADDY" run --config "$WORK/Caddyfile.incumbent" --adapter caddyfile >"$WORK/caddy-inc.log" 2>&1 &
-    PIDS+=($!)
+    start_caddy "$INC_CADDY" "$WORK/Caddyfile.incumbent" caddy-inc
     # Synced once an imported address is banned (30 s at most).
     if ! wait_status 300 403 -H 'X-Forwarded-For: 10.0.0.1' "http://127.0.0.1:$INC_PORT/"; then
         INCUMBENT=0

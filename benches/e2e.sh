@@ -52,8 +52,7 @@ cat >"$WORK/Caddyfile" <<CADDY
 	respond "ok"
 }
 CADDY
-XDG_DATA_HOME="$WORK/xdg" XDG_CONFIG_HOME="$WORK/xdg" caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 &
-PIDS+=($!)
+start_caddy caddy "$WORK/Caddyfile" caddy
 for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:$BARE_PORT/" >/dev/null 2>&1 && break
     sleep 0.1

@@ -29,6 +29,15 @@ run_wrk() {
     echo "$rps|$p50|$p99|${non2xx:-0}"
 }
 
+# Runs Caddy BINARY on CADDYFILE in the background with XDG directories of its own;
+# its log goes to $WORK/NAME.log.
+start_caddy() {
+    local bin=$1 file=$2 name=$3
+    XDG_DATA_HOME="$WORK/xdg-$name" XDG_CONFIG_HOME="$WORK/xdg-$name" \
+        "$bin" run --config "$file" --adapter caddyfile >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+
 ratio() { python3 -c "print(f'{float(\"$1\") / float(\"$2\"):.2f}')"; }
 
 bench_start() {
