@@ -95,11 +95,11 @@ async fn start_daemon(dir: &std::path::Path) -> cerberus::app::Running {
         admin_listen: Listen::Off,
         ..Config::default()
     };
-    let mut app = cerberus::app::start(config).await.expect("start cerberus");
+    let app = cerberus::app::start(config).await.expect("start cerberus");
     let expires = cerberus::clock::now_secs_precise() + 86_400;
-    let w = app.standalone_writer.as_mut().unwrap();
+    let mut w = Vec::new();
     for i in 0..BANNED {
-        w.insert(&Decision {
+        w.push(Decision {
             id: i as i64 + 1,
             target: Target::from_ip(IpAddr::V4(banned_ip(i))),
             type_name: "ban".into(),
@@ -109,7 +109,7 @@ async fn start_daemon(dir: &std::path::Path) -> cerberus::app::Running {
         });
     }
     for i in 0..1000u32 {
-        w.insert(&Decision {
+        w.push(Decision {
             id: 1_000_000 + i as i64,
             target: Target::parse(&format!("172.{}.{}.0/24", 16 + i / 256, i % 256)).unwrap(),
             type_name: "ban".into(),
@@ -118,8 +118,7 @@ async fn start_daemon(dir: &std::path::Path) -> cerberus::app::Running {
             expires_at: expires,
         });
     }
-    w.compact();
-    w.publish();
+    app.control.insert(w).await.unwrap();
     app
 }
 

@@ -4,6 +4,7 @@
 
 use crate::clock;
 use crate::config::Config;
+use crate::control::{self, Control, Owner};
 use crate::lapi::sync::{SyncSettings, SyncStats, Syncer};
 use crate::lapi::LapiClient;
 use crate::persist::Db;
@@ -11,7 +12,7 @@ use crate::persist::Persister;
 use crate::serve::forward_auth;
 use crate::serve::socket::{SocketServer, SocketSettings};
 use crate::serve::Readiness;
-use crate::store::{Decider, Writer};
+use crate::store::Decider;
 use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
@@ -26,8 +27,8 @@ pub struct Running {
     pub decider: Arc<Decider>,
     pub stats: Arc<SyncStats>,
     pub persist: Arc<Persister>,
-    /// The writer in standalone mode (in LAPI mode the sync loop owns it).
-    pub standalone_writer: Option<Writer>,
+    /// Changes for the writer's owner (the sync loop, or the standalone loop).
+    pub control: Control,
     /// Where the socket and forward_auth doors listen (`unix:/path`, `host:port`).
     pub socket_addr: Option<String>,
     pub forward_auth_addr: Option<String>,
@@ -46,11 +47,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
-    let (db, writer_back, loaded, enabled) = tokio::task::spawn_blocking(move || {
+    let (db, writer_back, loaded, enabled, overrides) = tokio::task::spawn_blocking(move || {
         let db = Db::open(&data_dir)?;
-        let loaded = db.load_decisions(clock::now_secs_precise(), |d| writer.insert(&d))?;
+        let now = clock::now_secs_precise();
+        let overrides = db.load_overrides(now)?;
+        let lifted: std::collections::HashSet<i64> = overrides.iter().map(|o| o.id).collect();
+        let loaded = db.load_decisions(now, |d| {
+            if !lifted.contains(&d.id) {
+                writer.insert(&d)
+            }
+        })?;
         let enabled = db.setting("enabled")?;
-        anyhow::Ok((db, writer, loaded, enabled))
+        anyhow::Ok((db, writer, loaded, enabled, overrides))
     })
     .await??;
     writer = writer_back;
@@ -73,23 +81,34 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let stats = Arc::new(SyncStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut standalone_writer = None;
+    let (control, commands) = Control::channel();
+    if !overrides.is_empty() {
+        info!(
+            "{} unbanned decisions stay lifted (local overrides)",
+            overrides.len()
+        );
+    }
+    let owner = Owner::new(writer, persist.clone(), overrides, &snap);
 
     if config.standalone() {
         info!(
             "[CROWDSEC_STARTUP] standalone mode (no api_url): decisions come only from the admin API and live in {}",
             config.data_dir.display()
         );
-        standalone_writer = Some(writer);
+        tasks.push(tokio::spawn(control::run_standalone(
+            owner,
+            commands,
+            shutdown_rx.clone(),
+        )));
     } else {
         let client = LapiClient::new(&config)?;
         let syncer = Syncer::new(
             client,
-            writer,
+            owner,
             decider.clone(),
-            persist.clone(),
             stats.clone(),
             SyncSettings::from_config(&config),
+            commands,
         );
         tasks.push(tokio::spawn(syncer.run(shutdown_rx.clone())));
     }
@@ -101,7 +120,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         decider: decider.clone(),
         stats,
         persist,
-        standalone_writer,
+        control,
         socket_addr: None,
         forward_auth_addr: None,
         shutdown,

@@ -133,6 +133,19 @@ impl Target {
         }
     }
 
+    /// True when `inner` lies wholly inside this target (equal targets included).
+    pub fn contains_target(&self, inner: Target) -> bool {
+        match (*self, inner) {
+            (Target::V4 { addr, prefix }, Target::V4 { addr: a, prefix: p }) => {
+                p >= prefix && Target::v4(a, prefix) == Target::V4 { addr, prefix }
+            }
+            (Target::V6 { addr, prefix }, Target::V6 { addr: a, prefix: p }) => {
+                p >= prefix && Target::v6(a, prefix) == Target::V6 { addr, prefix }
+            }
+            _ => false,
+        }
+    }
+
     pub fn to_net(self) -> IpNet {
         match self {
             Target::V4 { addr, prefix } => {

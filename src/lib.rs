@@ -8,12 +8,14 @@
 //! - [`persist`]: SQLite in `data_dir`: decisions, settings, local overrides.
 //! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`)
 //!   and the HTTP endpoint for Caddy's `forward_auth`.
+//! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod decision;
 pub mod duration;
 pub mod lapi;

@@ -168,6 +168,28 @@ impl Db {
         Ok(loaded)
     }
 
+    /// The local overrides (unbans LAPI does not know about) still in force at `now`.
+    pub fn load_overrides(&self, now: u32) -> Result<Vec<Override>, PersistError> {
+        let wrap = |source| PersistError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT decision_id, value, until FROM overrides WHERE until > ?1")
+            .map_err(wrap)?;
+        let rows = stmt
+            .query_map([now], |r| {
+                Ok(Override {
+                    id: r.get(0)?,
+                    value: r.get(1)?,
+                    until: r.get::<_, i64>(2)?.clamp(0, u32::MAX as i64) as u32,
+                })
+            })
+            .map_err(wrap)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(wrap)
+    }
+
     pub fn setting(&self, key: &str) -> Result<Option<String>, PersistError> {
         self.conn
             .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
@@ -198,8 +220,18 @@ impl Db {
     }
 }
 
+/// An unbanned decision: LAPI's decision `id` on `value` stays lifted until `until`
+/// (the decision's own expiry), whatever later pulls say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub id: i64,
+    pub value: String,
+    pub until: u32,
+}
+
 enum Op {
     Replace(Arc<Snapshot>),
+    Overrides(Vec<Override>),
     Delta {
         upserts: Vec<Decision>,
         deletes: Vec<i64>,
@@ -228,8 +260,15 @@ impl Persister {
         }
     }
 
+    /// Drops expired decisions and overrides.
     pub fn purge(&self, now: u32) {
         self.send(Op::Purge(now));
+    }
+
+    pub fn add_overrides(&self, overrides: Vec<Override>) {
+        if !overrides.is_empty() {
+            self.send(Op::Overrides(overrides));
+        }
     }
 
     pub fn set_setting(&self, key: &str, value: &str) {
@@ -264,6 +303,7 @@ fn writer_loop(mut db: Db, rx: mpsc::Receiver<Op>) {
     while let Ok(op) = rx.recv() {
         let what = match &op {
             Op::Replace(_) => "full replace",
+            Op::Overrides(_) => "override",
             Op::Delta { .. } => "delta",
             Op::Purge(_) => "purge",
             Op::Setting(..) => "setting",
@@ -273,10 +313,11 @@ fn writer_loop(mut db: Db, rx: mpsc::Receiver<Op>) {
         let result = match op {
             Op::Replace(snap) => write_replace(&mut db.conn, &snap),
             Op::Delta { upserts, deletes } => write_delta(&mut db.conn, &upserts, &deletes),
-            Op::Purge(now) => db
-                .conn
-                .execute("DELETE FROM decisions WHERE expires_at <= ?1", [now])
-                .map(|_| ()),
+            Op::Purge(now) => db.conn.execute_batch(&format!(
+                "DELETE FROM decisions WHERE expires_at <= {now};
+                 DELETE FROM overrides WHERE until <= {now};"
+            )),
+            Op::Overrides(list) => write_overrides(&mut db.conn, &list),
             Op::Setting(k, v) => db
                 .conn
                 .execute(
@@ -334,6 +375,19 @@ fn write_replace(conn: &mut Connection, snap: &Snapshot) -> rusqlite::Result<()>
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     info!("persisted {} decisions", snap.len());
     Ok(())
+}
+
+fn write_overrides(conn: &mut Connection, list: &[Override]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT OR REPLACE INTO overrides (value, decision_id, until) VALUES (?1, ?2, ?3)",
+        )?;
+        for o in list {
+            insert.execute(params![o.value, o.id, o.until])?;
+        }
+    }
+    tx.commit()
 }
 
 fn write_delta(
@@ -410,6 +464,18 @@ mod tests {
         p.replace(snap);
         p.delta(vec![dec(5, "2001:db8::/32", 500)], vec![3]);
         p.set_setting("enabled", "false");
+        p.add_overrides(vec![
+            Override {
+                id: 1,
+                value: "192.0.2.1".into(),
+                until: 100,
+            },
+            Override {
+                id: 2,
+                value: "10.0.0.0/8".into(),
+                until: 300,
+            },
+        ]);
         p.close();
         let (all, loaded) = load_all(dir.path(), 0);
         assert_eq!(loaded.decisions, 4);
@@ -431,9 +497,23 @@ mod tests {
         let p = Db::open(dir.path()).unwrap();
         assert_eq!(p.setting("enabled").unwrap().as_deref(), Some("false"));
         assert_eq!(p.setting("missing").unwrap(), None);
+        assert_eq!(p.load_overrides(0).unwrap().len(), 2);
+        assert_eq!(
+            p.load_overrides(100).unwrap(),
+            vec![Override {
+                id: 2,
+                value: "10.0.0.0/8".into(),
+                until: 300
+            }]
+        );
         let p = p.into_writer();
-        p.purge(250);
+        p.purge(300);
         p.close();
+        assert!(Db::open(dir.path())
+            .unwrap()
+            .load_overrides(0)
+            .unwrap()
+            .is_empty());
         let (all, _) = load_all(dir.path(), 0);
         assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), vec![4, 5]);
     }

@@ -27,41 +27,41 @@ async fn daemon(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> (Runn
     let mut config = support::config(dir, None, None);
     config.forward_auth_listen = Listen::Tcp("127.0.0.1:0".into());
     tweak(&mut config);
-    let mut app = tokio::time::timeout(LIMIT, cerberus::app::start(config))
+    let app = tokio::time::timeout(LIMIT, cerberus::app::start(config))
         .await
         .unwrap()
         .unwrap();
-    let w = app.standalone_writer.as_mut().unwrap();
-    w.insert(&decision(
+    let mut w = Vec::new();
+    w.push(decision(
         1,
         "192.0.2.1",
         "ban",
         "crowdsecurity/ssh-bf",
         3600,
     ));
-    w.insert(&decision(
+    w.push(decision(
         2,
         "192.0.2.2",
         "captcha",
         "crowdsecurity/http-probing",
         3600,
     ));
-    w.insert(&decision(
+    w.push(decision(
         3,
         "192.0.2.3",
         "throttle",
         "crowdsecurity/http-crawl",
         30,
     ));
-    w.insert(&decision(4, "2001:db8::/64", "ban", "v6 range", 3600));
-    w.insert(&decision(
+    w.push(decision(4, "2001:db8::/64", "ban", "v6 range", 3600));
+    w.push(decision(
         5,
         "192.0.2.5",
         "ban",
         "<script>alert(\"x\")</script> & 'co'",
         3600,
     ));
-    w.publish();
+    app.control.insert(w).await.unwrap();
     let url = format!("http://{}", app.forward_auth_addr.clone().unwrap());
     (app, url)
 }
@@ -174,7 +174,7 @@ async fn each_remediation_has_its_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_ip_walks_the_header_right_to_left_past_trusted_proxies() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut app, url) = daemon(dir.path(), |c| {
+    let (app, url) = daemon(dir.path(), |c| {
         c.trusted_proxies = vec![
             "10.0.0.0/8".parse().unwrap(),
             "2001:db8:ffff::/48".parse().unwrap(),
@@ -182,9 +182,9 @@ async fn the_client_ip_walks_the_header_right_to_left_past_trusted_proxies() {
     })
     .await;
     // The peer (127.0.0.1) is banned: it decides only when the header does not.
-    let w = app.standalone_writer.as_mut().unwrap();
-    w.insert(&decision(9, "127.0.0.1", "ban", "peer", 3600));
-    w.publish();
+    let mut w = Vec::new();
+    w.push(decision(9, "127.0.0.1", "ban", "peer", 3600));
+    app.control.insert(w).await.unwrap();
 
     // Trusted hops on the right are skipped.
     let (status, _, _) = ask(&url, Some("192.0.2.1, 10.1.2.3, 10.9.9.9")).await;
@@ -282,10 +282,10 @@ async fn over_a_unix_socket() {
     let (app, _) = {
         let mut config = support::config(dir.path(), None, None);
         config.forward_auth_listen = Listen::Unix(p);
-        let mut app = cerberus::app::start(config).await.unwrap();
-        let w = app.standalone_writer.as_mut().unwrap();
-        w.insert(&decision(1, "192.0.2.1", "ban", "s", 3600));
-        w.publish();
+        let app = cerberus::app::start(config).await.unwrap();
+        let mut w = Vec::new();
+        w.push(decision(1, "192.0.2.1", "ban", "s", 3600));
+        app.control.insert(w).await.unwrap();
         (app, ())
     };
     assert_eq!(

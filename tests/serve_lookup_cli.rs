@@ -32,12 +32,12 @@ fn json(line: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_prints_one_json_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut app = cerberus::app::start(support::config(dir.path(), None, None))
+    let app = cerberus::app::start(support::config(dir.path(), None, None))
         .await
         .unwrap();
     let now = cerberus::clock::now_secs_precise();
-    let w = app.standalone_writer.as_mut().unwrap();
-    w.insert(&Decision {
+    let mut w = Vec::new();
+    w.push(Decision {
         id: 1,
         target: Target::parse("192.0.2.44").unwrap(),
         type_name: "ban".into(),
@@ -45,7 +45,7 @@ async fn lookup_prints_one_json_line() {
         scenario: "manual ban".into(),
         expires_at: now + 7200,
     });
-    w.insert(&Decision {
+    w.push(Decision {
         id: 2,
         target: Target::parse("2001:db8::/32").unwrap(),
         type_name: "captcha".into(),
@@ -53,7 +53,7 @@ async fn lookup_prints_one_json_line() {
         scenario: "crowdsecurity/http-probing".into(),
         expires_at: now + 60,
     });
-    w.publish();
+    app.control.insert(w).await.unwrap();
     let socket = app.config.socket.to_str().unwrap().to_string();
     let cwd = dir.path().to_path_buf();
 

@@ -96,9 +96,9 @@ async fn lookups_are_counted_by_door_and_remediation() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = support::config(dir.path(), None, None);
     config.forward_auth_listen = Listen::Tcp("127.0.0.1:0".into());
-    let mut app = cerberus::app::start(config).await.unwrap();
-    let w = app.standalone_writer.as_mut().unwrap();
-    w.insert(&Decision {
+    let app = cerberus::app::start(config).await.unwrap();
+    let mut w = Vec::new();
+    w.push(Decision {
         id: 1,
         target: Target::parse("192.0.2.1").unwrap(),
         type_name: "ban".into(),
@@ -106,7 +106,7 @@ async fn lookups_are_counted_by_door_and_remediation() {
         scenario: "s".into(),
         expires_at: cerberus::clock::now_secs_precise() + 600,
     });
-    w.publish();
+    app.control.insert(w).await.unwrap();
 
     let client = bouncer_api::Client::new(
         bouncer_api::ClientConfig::new(&app.config.socket).timeout(Duration::from_secs(5)),

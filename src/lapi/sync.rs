@@ -6,17 +6,17 @@
 use super::{LapiClient, List, PullError};
 use crate::clock;
 use crate::config::Config;
+use crate::control::{Command, Owner};
 use crate::decision::{
     accept_deleted, accept_new, Decision, Filters, RawDecision, Rejection, Target,
 };
-use crate::persist::Persister;
 use crate::store::{Decider, UnreachablePolicy, Writer};
 use rand::Rng;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 /// What the loop has done, for `/status`, diagnostics and tests.
@@ -153,30 +153,36 @@ impl SyncSettings {
 
 pub struct Syncer {
     pub client: LapiClient,
-    pub writer: Writer,
+    pub owner: Owner,
     pub decider: Arc<Decider>,
-    pub persist: Arc<Persister>,
     pub stats: Arc<SyncStats>,
     pub settings: SyncSettings,
+    commands: mpsc::Receiver<Command>,
+    /// `PullNow` asks that arrived during the pull in flight: the next pull answers them.
+    waiting: Vec<oneshot::Sender<Result<(), String>>>,
     logged_values: HashSet<String>,
 }
+
+/// The loop was told to stop.
+struct Stopped;
 
 impl Syncer {
     pub fn new(
         client: LapiClient,
-        writer: Writer,
+        owner: Owner,
         decider: Arc<Decider>,
-        persist: Arc<Persister>,
         stats: Arc<SyncStats>,
         settings: SyncSettings,
+        commands: mpsc::Receiver<Command>,
     ) -> Syncer {
         Syncer {
             client,
-            writer,
+            owner,
             decider,
-            persist,
             stats,
             settings,
+            commands,
+            waiting: Vec::new(),
             logged_values: HashSet::new(),
         }
     }
@@ -194,11 +200,15 @@ impl Syncer {
             self.settings.update_frequency
         );
         loop {
-            let pull = self.pull_once(need_full);
-            let outcome = tokio::select! {
-                r = pull => r,
-                _ = shutdown.changed() => break,
+            let answering = std::mem::take(&mut self.waiting);
+            let outcome = match self.pull_serving(need_full, &mut shutdown).await {
+                Ok(r) => r,
+                Err(Stopped) => break,
             };
+            let answer = outcome.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            for reply in answering {
+                let _ = reply.send(answer.clone());
+            }
             let wait = match outcome {
                 Ok(()) => {
                     need_full = false;
@@ -253,45 +263,102 @@ impl Syncer {
                     wait
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => break,
+            // Wait for the next pull, serving commands meanwhile; a `PullNow` cuts it short.
+            let sleep = tokio::time::sleep(if self.waiting.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            });
+            tokio::pin!(sleep);
+            let stop = loop {
+                tokio::select! {
+                    _ = &mut sleep => break false,
+                    _ = shutdown.changed() => break true,
+                    Some(cmd) = self.commands.recv() => {
+                        if let Some(reply) = self.owner.handle(cmd) {
+                            self.waiting.push(reply);
+                            break false;
+                        }
+                    }
+                }
+            };
+            if stop {
+                break;
             }
+        }
+        for reply in self.waiting.drain(..) {
+            let _ = reply.send(Err("cerberus is shutting down".into()));
         }
         info!("decision sync stopped");
     }
 
     /// Drops expired decisions from memory and disk (lookups already ignore them).
     fn purge(&mut self) {
-        let now = clock::now_secs_precise();
-        let n = self.writer.purge_expired(now);
-        if n > 0 {
-            self.writer.publish();
-            self.persist.purge(now);
-            debug!("purged {n} expired decisions");
-        }
+        self.owner.purge();
+    }
+
+    /// One pull; commands that arrive meanwhile are served at once against the current
+    /// state (a `PullNow` waits for the next pull).
+    async fn pull_serving(
+        &mut self,
+        full: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Result<(), PullError>, Stopped> {
+        let started = Instant::now();
+        let sink = self.sink(full);
+        let kind = if full { "startup" } else { "delta" };
+        let (sink, result) = {
+            let fetch = self.client.pull(full, sink);
+            tokio::pin!(fetch);
+            loop {
+                tokio::select! {
+                    r = &mut fetch => break r,
+                    _ = shutdown.changed() => return Err(Stopped),
+                    Some(cmd) = self.commands.recv() => {
+                        if let Some(reply) = self.owner.handle(cmd) {
+                            self.waiting.push(reply);
+                        }
+                    }
+                }
+            }
+        };
+        Ok(self.apply(kind, started, sink, result))
     }
 
     /// One pull, applied and published only if the whole answer was good.
     pub async fn pull_once(&mut self, full: bool) -> Result<(), PullError> {
         let started = Instant::now();
+        let sink = self.sink(full);
+        let kind = if full { "startup" } else { "delta" };
+        let (sink, result) = self.client.pull(full, sink).await;
+        self.apply(kind, started, sink, result)
+    }
+
+    fn sink(&self, full: bool) -> Sink {
         let mode = if full {
-            Mode::Full(self.writer.fresh())
+            Mode::Full(self.owner.writer.fresh())
         } else {
             Mode::Delta {
                 upserts: Vec::new(),
                 deletes: Vec::new(),
             }
         };
-        let sink = Sink {
+        Sink {
             now_ms: clock::now_ms(),
             filters: self.settings.filters.clone(),
             mode,
             rejected: BTreeMap::new(),
             samples: Vec::new(),
-        };
-        let kind = if full { "startup" } else { "delta" };
-        let (mut sink, result) = self.client.pull(full, sink).await;
+        }
+    }
+
+    fn apply(
+        &mut self,
+        kind: &'static str,
+        started: Instant,
+        mut sink: Sink,
+        result: Result<super::Counts, PullError>,
+    ) -> Result<(), PullError> {
         let counts = match result {
             Ok(c) => c,
             Err(e) => {
@@ -305,26 +372,36 @@ impl Syncer {
         self.report_rejections(&mut sink);
         let (published, removed) = match sink.mode {
             Mode::Full(writer) => {
-                self.writer = writer;
-                self.writer.compact();
-                let snap = self.writer.publish();
-                self.persist.replace(snap.clone());
+                self.owner.writer = writer;
+                // Unbanned decisions stay lifted whatever LAPI still says.
+                let lifted = self.owner.apply_overrides();
+                if lifted > 0 {
+                    debug!("{lifted} decisions kept lifted by local unbans");
+                }
+                self.owner.writer.compact();
+                let snap = self.owner.writer.publish();
+                self.owner.persist.replace(snap.clone());
                 (snap, 0)
             }
-            Mode::Delta { upserts, deletes } => {
+            Mode::Delta {
+                mut upserts,
+                deletes,
+            } => {
+                upserts.retain(|d| !self.owner.is_lifted(d.id));
                 let mut removed = 0;
                 for &(id, target) in &deletes {
-                    removed += usize::from(self.writer.remove(id, target));
+                    removed += usize::from(self.owner.writer.remove(id, target));
                 }
                 for d in &upserts {
-                    self.writer.insert(d);
+                    self.owner.writer.insert(d);
                 }
                 let snap = if upserts.is_empty() && removed == 0 {
                     self.decider.snapshot()
                 } else {
-                    self.writer.publish()
+                    self.owner.writer.publish()
                 };
-                self.persist
+                self.owner
+                    .persist
                     .delta(upserts, deletes.iter().map(|&(id, _)| id).collect());
                 (snap, removed)
             }

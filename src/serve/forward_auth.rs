@@ -17,7 +17,7 @@
 
 use super::{Readiness, REMEDIATION_LABELS};
 use crate::clock;
-use crate::config::{Config, Listen};
+use crate::config::Config;
 use crate::metrics as names;
 use crate::store::{Decider, Source};
 use anyhow::Context;
@@ -25,14 +25,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -342,148 +339,18 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
     let door = Arc::new(door);
-    match &config.forward_auth_listen {
-        Listen::Off => Ok(None),
-        Listen::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr.as_str())
-                .await
-                .with_context(|| format!("forward_auth_listen {addr}: cannot listen"))?;
-            let local = listener.local_addr()?.to_string();
-            let task = tokio::spawn(accept_loop(Listener::Tcp(listener), door, shutdown, None));
-            Ok(Some((task, local)))
-        }
-        Listen::Unix(path) => {
-            super::socket::clear_stale(path)?;
-            let listener = tokio::net::UnixListener::bind(path).with_context(|| {
-                format!("forward_auth_listen unix:{}: cannot bind", path.display())
-            })?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
-                .with_context(|| {
-                    format!(
-                        "forward_auth_listen unix:{}: cannot set its mode",
-                        path.display()
-                    )
-                })?;
-            let task = tokio::spawn(accept_loop(
-                Listener::Unix(listener),
-                door,
-                shutdown,
-                Some(path.clone()),
-            ));
-            Ok(Some((task, format!("unix:{}", path.display()))))
-        }
-    }
-}
-
-enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-enum Accepted {
-    Tcp(tokio::net::TcpStream, IpAddr),
-    Unix(tokio::net::UnixStream),
-}
-
-impl Listener {
-    async fn accept(&self) -> std::io::Result<Accepted> {
-        match self {
-            Listener::Tcp(l) => l
-                .accept()
-                .await
-                .map(|(s, peer)| Accepted::Tcp(s, peer.ip())),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: Listener,
-    door: Arc<Door>,
-    mut shutdown: watch::Receiver<bool>,
-    unix_path: Option<std::path::PathBuf>,
-) {
-    let mut backoff = Duration::ZERO;
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            r = listener.accept() => r,
-        };
-        while connections.try_join_next().is_some() {}
-        match accepted {
-            Ok(accepted) => {
-                backoff = Duration::ZERO;
-                let (door, shutdown) = (door.clone(), shutdown.clone());
-                match accepted {
-                    Accepted::Tcp(s, peer) => {
-                        connections.spawn(serve_connection(s, Some(peer), door, shutdown))
-                    }
-                    Accepted::Unix(s) => {
-                        connections.spawn(serve_connection(s, None, door, shutdown))
-                    }
-                };
-            }
-            Err(e) => {
-                if super::back_off_after_accept_error(
-                    "forward_auth",
-                    &e,
-                    &mut backoff,
-                    &mut shutdown,
-                )
-                .await
-                {
-                    break;
-                }
-            }
-        }
-    }
-    drop(listener);
-    if let Some(path) = unix_path {
-        let _ = std::fs::remove_file(path);
-    }
-    // Let answers in flight finish, briefly.
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(2), drain)
-        .await
-        .is_err()
-    {
-        connections.shutdown().await;
-    }
-}
-
-async fn serve_connection<S>(
-    stream: S,
-    peer: Option<IpAddr>,
-    door: Arc<Door>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let door = door.clone();
-        async move { Ok::<_, std::convert::Infallible>(door.handle(&req, peer)) }
-    });
-    // Caddy keeps connections to its upstreams open; a peer that starts a request and
-    // stalls is dropped after 30 s.
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                debug!("forward_auth: connection ended: {e}");
-            }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    let handler = move |req: Request<hyper::body::Incoming>, peer: Option<IpAddr>| {
+        std::future::ready(door.handle(&req, peer))
+    };
+    super::http::serve(
+        "forward_auth",
+        "forward_auth_listen",
+        &config.forward_auth_listen,
+        config.socket_mode,
+        handler,
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! `forward_auth` directive. Both ask the same [`Decider`] and count what they answer.
 
 pub mod forward_auth;
+pub mod http;
 pub mod socket;
 
 use crate::decision::Remediation;

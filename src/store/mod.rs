@@ -222,6 +222,42 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Every decision whose target contains `target` (the target itself, and every range
+    /// around it), expired or not: what an unban of `target` lifts. Mirrors LAPI's
+    /// `DELETE /v1/decisions?ip=` / `?range=`, which remove the decisions containing the
+    /// value.
+    pub fn covering(&self, target: Target) -> Vec<(Target, Verdict, &Meta)> {
+        let mut out = Vec::new();
+        let mut push = |t: Target, v: Verdict| out.push((t, v, &self.metas[v.meta_index()]));
+        match target {
+            Target::V4 { addr, prefix: 32 } => {
+                if let Some(&v) = self.v4.get(addr) {
+                    match (v.has_more(), self.multi4.get(&addr)) {
+                        (true, Some(list)) => list.iter().for_each(|v| push(target, *v)),
+                        _ => push(target, v),
+                    }
+                }
+            }
+            Target::V6 { addr, prefix: 128 } => {
+                if let Some(&v) = self.v6.get(addr) {
+                    match (v.has_more(), self.multi6.get(&addr)) {
+                        (true, Some(list)) => list.iter().for_each(|v| push(target, *v)),
+                        _ => push(target, v),
+                    }
+                }
+            }
+            _ => {}
+        }
+        for &(t, v) in self.range_list.iter() {
+            if t.contains_target(target) {
+                push(t, v);
+            }
+        }
+        out
+    }
+}
+
 fn first_live(list: &[Verdict], now: u32) -> Option<Verdict> {
     list.iter().find(|v| v.expires > now).copied()
 }
