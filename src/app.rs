@@ -2,6 +2,7 @@
 //! the doors (Unix socket, forward_auth; see [`crate::serve`]),
 //! then start the LAPI sync (or stay standalone), all under one shutdown signal.
 
+use crate::admin::{self, Admin};
 use crate::clock;
 use crate::config::Config;
 use crate::control::{self, Control, Owner};
@@ -32,6 +33,9 @@ pub struct Running {
     /// Where the socket and forward_auth doors listen (`unix:/path`, `host:port`).
     pub socket_addr: Option<String>,
     pub forward_auth_addr: Option<String>,
+    /// Where the admin API listens, and its token.
+    pub admin_addr: Option<String>,
+    pub admin_token: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -123,6 +127,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         control,
         socket_addr: None,
         forward_auth_addr: None,
+        admin_addr: None,
+        admin_token: String::new(),
         shutdown,
         tasks,
         threads: Vec::new(),
@@ -139,11 +145,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         info!("listening for Caddy module lookups on {socket_addr}");
         let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?;
         let fa = forward_auth::start(&config, door, shutdown_rx.clone()).await?;
-        anyhow::Ok((socket_addr, fa))
+        let token = admin::token(&config)?;
+        let mut state = Admin::new(
+            config.clone(),
+            decider.clone(),
+            running.stats.clone(),
+            running.control.clone(),
+            running.persist.clone(),
+            ready.clone(),
+            token.clone(),
+        )?;
+        state.socket_addr = Some(socket_addr.clone());
+        let adm = admin::start(Arc::new(state), shutdown_rx.clone()).await?;
+        anyhow::Ok((socket_addr, fa, adm, token))
     };
     match doors.await {
-        Ok((socket_addr, fa)) => {
+        Ok((socket_addr, fa, adm, token)) => {
             running.socket_addr = Some(socket_addr);
+            running.admin_token = token;
+            if let Some((task, addr)) = adm {
+                info!("admin API on {addr}{}", admin::PREFIX);
+                running.tasks.push(task);
+                running.admin_addr = Some(addr);
+            } else {
+                info!("the admin API is off");
+            }
             if let Some((task, addr)) = fa {
                 info!("listening for Caddy forward_auth on {addr}");
                 running.tasks.push(task);

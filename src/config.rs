@@ -46,6 +46,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("admin_listen", Kind::Str),
     ("admin_token", Kind::Str),
     ("admin_token_file", Kind::Str),
+    ("capi_url", Kind::Str),
     ("trusted_proxies", Kind::List),
     ("client_ip_header", Kind::Str),
     ("on_lapi_unreachable", Kind::Str),
@@ -58,6 +59,15 @@ const KEYS: &[(&str, Kind)] = &[
     ("lapi_max_body", Kind::Str),
     ("lapi_retry_max", Kind::Str),
 ];
+
+/// True for `127.0.0.1:P`, `[::1]:P`, `localhost:P`: addresses only this machine reaches.
+pub fn is_loopback(addr: &str) -> bool {
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    addr.rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
 
 /// One thing wrong with a config, tied to its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +166,8 @@ pub struct Config {
     /// Default `127.0.0.1:8088`.
     pub admin_listen: Listen,
     pub admin_token: Option<String>,
+    /// The CrowdSec central API, probed by the diagnostics.
+    pub capi_url: String,
     pub trusted_proxies: Vec<IpNet>,
     /// Default `X-Forwarded-For`.
     pub client_ip_header: String,
@@ -203,6 +215,7 @@ impl Default for Config {
             forward_auth_listen: Listen::Tcp("127.0.0.1:7420".into()),
             admin_listen: Listen::Tcp("127.0.0.1:8088".into()),
             admin_token: None,
+            capi_url: "https://api.crowdsec.net".into(),
             trusted_proxies: vec![],
             client_ip_header: "X-Forwarded-For".into(),
             on_lapi_unreachable: UnreachablePolicy::Keep,
@@ -567,6 +580,28 @@ impl Reader {
             }
         }
         c.admin_token = self.secret("admin_token");
+        if let Listen::Tcp(addr) = &c.admin_listen {
+            if c.admin_token.is_none() && !is_loopback(addr) {
+                self.problem(
+                    "admin_listen",
+                    format!(
+                        "{addr} can be reached from other machines, so the admin API needs a \
+                         token you chose: set admin_token or admin_token_file (or listen on \
+                         127.0.0.1)"
+                    ),
+                );
+            }
+        }
+        if let Some(url) = self.string("capi_url") {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                c.capi_url = url.trim_end_matches('/').to_string();
+            } else {
+                self.problem(
+                    "capi_url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                );
+            }
+        }
         if let Some(items) = self.list("trusted_proxies") {
             for item in items {
                 let parsed = item
@@ -821,6 +856,22 @@ mod tests {
             typo.message.contains("did you mean update_frequency"),
             "{typo}"
         );
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let problems = load("admin_listen: 0.0.0.0:8088\n").unwrap_err();
+        assert_eq!(problems[0].key, "admin_listen");
+        assert!(
+            problems[0].message.contains("admin_token"),
+            "{}",
+            problems[0]
+        );
+        assert!(load("admin_listen: 0.0.0.0:8088\nadmin_token: t0ken-long-enough\n").is_ok());
+        assert!(load("admin_listen: localhost:8088\n").is_ok());
+        assert!(load("admin_listen: \"[::1]:8088\"\n").is_ok());
+        let problems = load("capi_url: api.crowdsec.net\n").unwrap_err();
+        assert_eq!(problems[0].key, "capi_url");
     }
 
     #[test]

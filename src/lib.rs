@@ -12,6 +12,7 @@
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
+pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;

@@ -31,36 +31,25 @@ async fn daemon(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> (Runn
         .await
         .unwrap()
         .unwrap();
-    let mut w = Vec::new();
-    w.push(decision(
-        1,
-        "192.0.2.1",
-        "ban",
-        "crowdsecurity/ssh-bf",
-        3600,
-    ));
-    w.push(decision(
-        2,
-        "192.0.2.2",
-        "captcha",
-        "crowdsecurity/http-probing",
-        3600,
-    ));
-    w.push(decision(
-        3,
-        "192.0.2.3",
-        "throttle",
-        "crowdsecurity/http-crawl",
-        30,
-    ));
-    w.push(decision(4, "2001:db8::/64", "ban", "v6 range", 3600));
-    w.push(decision(
-        5,
-        "192.0.2.5",
-        "ban",
-        "<script>alert(\"x\")</script> & 'co'",
-        3600,
-    ));
+    let w = vec![
+        decision(1, "192.0.2.1", "ban", "crowdsecurity/ssh-bf", 3600),
+        decision(
+            2,
+            "192.0.2.2",
+            "captcha",
+            "crowdsecurity/http-probing",
+            3600,
+        ),
+        decision(3, "192.0.2.3", "throttle", "crowdsecurity/http-crawl", 30),
+        decision(4, "2001:db8::/64", "ban", "v6 range", 3600),
+        decision(
+            5,
+            "192.0.2.5",
+            "ban",
+            "<script>alert(\"x\")</script> & 'co'",
+            3600,
+        ),
+    ];
     app.control.insert(w).await.unwrap();
     let url = format!("http://{}", app.forward_auth_addr.clone().unwrap());
     (app, url)
@@ -182,8 +171,7 @@ async fn the_client_ip_walks_the_header_right_to_left_past_trusted_proxies() {
     })
     .await;
     // The peer (127.0.0.1) is banned: it decides only when the header does not.
-    let mut w = Vec::new();
-    w.push(decision(9, "127.0.0.1", "ban", "peer", 3600));
+    let w = vec![decision(9, "127.0.0.1", "ban", "peer", 3600)];
     app.control.insert(w).await.unwrap();
 
     // Trusted hops on the right are skipped.
@@ -283,8 +271,7 @@ async fn over_a_unix_socket() {
         let mut config = support::config(dir.path(), None, None);
         config.forward_auth_listen = Listen::Unix(p);
         let app = cerberus::app::start(config).await.unwrap();
-        let mut w = Vec::new();
-        w.push(decision(1, "192.0.2.1", "ban", "s", 3600));
+        let w = vec![decision(1, "192.0.2.1", "ban", "s", 3600)];
         app.control.insert(w).await.unwrap();
         (app, ())
     };

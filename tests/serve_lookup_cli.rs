@@ -36,23 +36,24 @@ async fn lookup_prints_one_json_line() {
         .await
         .unwrap();
     let now = cerberus::clock::now_secs_precise();
-    let mut w = Vec::new();
-    w.push(Decision {
-        id: 1,
-        target: Target::parse("192.0.2.44").unwrap(),
-        type_name: "ban".into(),
-        origin: "cscli".into(),
-        scenario: "manual ban".into(),
-        expires_at: now + 7200,
-    });
-    w.push(Decision {
-        id: 2,
-        target: Target::parse("2001:db8::/32").unwrap(),
-        type_name: "captcha".into(),
-        origin: "crowdsec".into(),
-        scenario: "crowdsecurity/http-probing".into(),
-        expires_at: now + 60,
-    });
+    let w = vec![
+        Decision {
+            id: 1,
+            target: Target::parse("192.0.2.44").unwrap(),
+            type_name: "ban".into(),
+            origin: "cscli".into(),
+            scenario: "manual ban".into(),
+            expires_at: now + 7200,
+        },
+        Decision {
+            id: 2,
+            target: Target::parse("2001:db8::/32").unwrap(),
+            type_name: "captcha".into(),
+            origin: "crowdsec".into(),
+            scenario: "crowdsecurity/http-probing".into(),
+            expires_at: now + 60,
+        },
+    ];
     app.control.insert(w).await.unwrap();
     let socket = app.config.socket.to_str().unwrap().to_string();
     let cwd = dir.path().to_path_buf();

@@ -97,15 +97,14 @@ async fn lookups_are_counted_by_door_and_remediation() {
     let mut config = support::config(dir.path(), None, None);
     config.forward_auth_listen = Listen::Tcp("127.0.0.1:0".into());
     let app = cerberus::app::start(config).await.unwrap();
-    let mut w = Vec::new();
-    w.push(Decision {
+    let w = vec![Decision {
         id: 1,
         target: Target::parse("192.0.2.1").unwrap(),
         type_name: "ban".into(),
         origin: "cscli".into(),
         scenario: "s".into(),
         expires_at: cerberus::clock::now_secs_precise() + 600,
-    });
+    }];
     app.control.insert(w).await.unwrap();
 
     let client = bouncer_api::Client::new(

@@ -53,12 +53,13 @@ async fn start(config: Config) -> Running {
 async fn daemon(dir: &Path) -> Running {
     let app = start(support::config(dir, None, None)).await;
     let t = now();
-    let mut w = Vec::new();
-    w.push(decision(1, "192.0.2.1", "ban", t + 3600));
-    w.push(decision(2, "2001:db8::1", "captcha", t + 600));
-    w.push(decision(3, "198.51.100.0/24", "throttle", t + 60));
-    w.push(decision(4, "192.0.2.9", "ban", t.saturating_sub(5)));
-    w.push(decision(5, "2001:db8:5::/48", "ban", t + 60));
+    let w = vec![
+        decision(1, "192.0.2.1", "ban", t + 3600),
+        decision(2, "2001:db8::1", "captcha", t + 600),
+        decision(3, "198.51.100.0/24", "throttle", t + 60),
+        decision(4, "192.0.2.9", "ban", t.saturating_sub(5)),
+        decision(5, "2001:db8:5::/48", "ban", t + 60),
+    ];
     app.control.insert(w).await.unwrap();
     app
 }

@@ -58,6 +58,26 @@ pub trait DecisionSink: Send + 'static {
     fn take(&mut self, list: List, raw: RawDecision);
 }
 
+/// A client builder that trusts LAPI's certificate as configured (`ca_cert_path`,
+/// `insecure_skip_verify`), with the User-Agent and timeouts.
+fn trusting(config: &Config) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(5).min(config.lapi_timeout))
+        .timeout(config.lapi_timeout)
+        .danger_accept_invalid_certs(config.insecure_skip_verify);
+    if let Some(ca) = &config.ca_cert_path {
+        let pem =
+            std::fs::read(ca).map_err(|e| anyhow::anyhow!("ca_cert_path {}: {e}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("ca_cert_path {}: {e}", ca.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("body over the size limit")]
 struct OverLimit;
@@ -86,21 +106,7 @@ impl LapiClient {
             value.set_sensitive(true);
             headers.insert("X-Api-Key", value);
         }
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .default_headers(headers)
-            .connect_timeout(Duration::from_secs(5).min(config.lapi_timeout))
-            .timeout(config.lapi_timeout)
-            .danger_accept_invalid_certs(config.insecure_skip_verify);
-        if let Some(ca) = &config.ca_cert_path {
-            let pem = std::fs::read(ca)
-                .map_err(|e| anyhow::anyhow!("ca_cert_path {}: {e}", ca.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| anyhow::anyhow!("ca_cert_path {}: {e}", ca.display()))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let mut builder = trusting(config)?.default_headers(headers);
         if let (Some(cert), Some(key)) = (&config.cert_path, &config.key_path) {
             let mut pem = std::fs::read(cert)
                 .map_err(|e| anyhow::anyhow!("cert_path {}: {e}", cert.display()))?;
@@ -138,6 +144,12 @@ impl LapiClient {
 
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    /// A client for LAPI calls that are not the bouncer's (the watcher's writes): the same
+    /// server trust, timeouts and User-Agent, without the bouncer's key or certificate.
+    pub fn plain_http(config: &Config) -> anyhow::Result<reqwest::Client> {
+        Ok(trusting(config)?.build()?)
     }
 
     /// `GET /health`: the round trip on success.
@@ -271,7 +283,7 @@ fn classify_parse(e: serde_json::Error, limit: u64, timeout: Duration) -> PullEr
 }
 
 /// The innermost error message, which names the actual cause (refused, reset, ...).
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: &dyn std::error::Error = e;
     let mut text = cur.to_string();
     while let Some(next) = cur.source() {

@@ -30,10 +30,13 @@ pub struct SyncStats {
     pub filtered: AtomicU64,
     /// Unix ms of the last successful pull; 0 before the first.
     pub last_success_ms: AtomicI64,
+    /// Unix ms of the last failed pull; 0 before the first.
+    pub last_failure_ms: AtomicI64,
     pub last_duration_ms: AtomicU64,
     pub first_sync_done: AtomicBool,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     last_error: Mutex<Option<String>>,
+    last_reason: Mutex<Option<&'static str>>,
 }
 
 impl SyncStats {
@@ -42,14 +45,26 @@ impl SyncStats {
         self.failures.lock().unwrap().clone()
     }
 
+    /// The reason of the last failure when it came after the last success.
+    pub fn failing(&self) -> Option<&'static str> {
+        let failed = self.last_failure_ms.load(Ordering::Relaxed);
+        if failed == 0 || failed < self.last_success_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.last_reason.lock().unwrap().as_ref().copied()
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap().clone()
     }
 
     fn record_failure(&self, e: &PullError) {
         self.pulls_failed.fetch_add(1, Ordering::Relaxed);
+        self.last_failure_ms
+            .store(clock::now_ms(), Ordering::Relaxed);
         *self.failures.lock().unwrap().entry(e.reason()).or_default() += 1;
         *self.last_error.lock().unwrap() = Some(e.to_string());
+        *self.last_reason.lock().unwrap() = Some(e.reason());
         metrics::counter!(crate::metrics::LAPI_FAILURES, "reason" => e.reason()).increment(1);
     }
 }

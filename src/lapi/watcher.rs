@@ -53,6 +53,22 @@ struct Login {
 }
 
 #[derive(Deserialize)]
+struct AlertCountry {
+    source: Option<AlertSource>,
+    decisions: Option<Vec<AlertDecision>>,
+}
+
+#[derive(Deserialize)]
+struct AlertSource {
+    cn: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AlertDecision {
+    id: i64,
+}
+
+#[derive(Deserialize)]
 struct Deleted {
     #[serde(rename = "nbDeleted")]
     nb_deleted: String,
@@ -145,6 +161,73 @@ impl Watcher {
                 what: "delete decisions",
                 detail: format!("nbDeleted {:?}", deleted.nb_deleted),
             })
+    }
+
+    /// Logs in now (not from the cache): whether the credentials work.
+    pub async fn check_login(&self) -> Result<(), WatcherError> {
+        self.token(true).await.map(|_| ())
+    }
+
+    /// Deletes one decision by its LAPI id. Returns how many LAPI deleted (0 or 1).
+    pub async fn delete_id(&self, id: i64) -> Result<u64, WatcherError> {
+        let resp = self
+            .send(|token| {
+                self.http
+                    .delete(format!("{}/v1/decisions/{id}", self.base))
+                    .bearer_auth(token)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("delete decision", resp).await);
+        }
+        let deleted: Deleted = resp.json().await.map_err(|e| WatcherError::BadAnswer {
+            what: "delete decision",
+            detail: e.to_string(),
+        })?;
+        deleted
+            .nb_deleted
+            .parse()
+            .map_err(|_| WatcherError::BadAnswer {
+                what: "delete decision",
+                detail: format!("nbDeleted {:?}", deleted.nb_deleted),
+            })
+    }
+
+    /// The source country of the alerts behind active decisions, by decision id (LAPI
+    /// keeps the country on the alert, not on the decision). At most `limit` alerts.
+    pub async fn countries(
+        &self,
+        limit: usize,
+    ) -> Result<std::collections::HashMap<i64, String>, WatcherError> {
+        let resp = self
+            .send(|token| {
+                self.http
+                    .get(format!("{}/v1/alerts", self.base))
+                    .query(&[
+                        ("has_active_decision", "true"),
+                        ("limit", &limit.to_string()),
+                    ])
+                    .bearer_auth(token)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("list alerts", resp).await);
+        }
+        let alerts: Option<Vec<AlertCountry>> =
+            resp.json().await.map_err(|e| WatcherError::BadAnswer {
+                what: "list alerts",
+                detail: e.to_string(),
+            })?;
+        let mut out = std::collections::HashMap::new();
+        for alert in alerts.unwrap_or_default() {
+            let Some(cn) = alert.source.and_then(|s| s.cn).filter(|c| !c.is_empty()) else {
+                continue;
+            };
+            for d in alert.decisions.unwrap_or_default() {
+                out.insert(d.id, cn.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Creates a decision in LAPI as an alert (LAPI counts the duration from `stop_at`, which

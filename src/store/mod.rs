@@ -194,7 +194,7 @@ impl Snapshot {
     }
 
     /// Every decision held, as full records (for persistence and the admin API).
-    pub fn for_each(&self, mut f: impl FnMut(Target, Verdict, &Meta)) {
+    pub fn for_each<'s>(&'s self, mut f: impl FnMut(Target, Verdict, &'s Meta)) {
         let mut emit = |target: Target, v: Verdict| f(target, v, &self.metas[v.meta_index()]);
         self.v4.for_each(|k, v| {
             let t = Target::V4 {

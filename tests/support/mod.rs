@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests (each test file includes them with `mod support;`).
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod caddy;
 pub mod lapi;
 

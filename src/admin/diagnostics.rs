@@ -1,0 +1,332 @@
+//! `/status`, `/diagnostics/connectivity` and `/diagnostics/config`: what cerberus is
+//! doing, whether it can reach LAPI and the central API (with real round-trip times), and
+//! every check an operator would otherwise do by hand, each with a fix.
+
+use super::{json_reply, Admin, Reply};
+use crate::clock;
+use crate::lapi::PullError;
+use hyper::StatusCode;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// How long a probe may take before it counts as no answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One diagnostic check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    /// `ok`, `warn`, `fail` or `skip`.
+    pub status: &'static str,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn new(name: &'static str, status: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            status,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Check {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// LAPI `/health`: `{"status": healthy|unhealthy|unreachable|not_configured, ...}`.
+async fn lapi_health(admin: &Admin) -> Value {
+    let Some(lapi) = &admin.lapi else {
+        return json!({"status": "not_configured", "detail": "standalone mode (no api_url)"});
+    };
+    let started = Instant::now();
+    match tokio::time::timeout(PROBE_TIMEOUT, lapi.health()).await {
+        Ok(Ok(rtt)) => json!({"status": "healthy", "latency_ms": ms(rtt), "url": lapi.url()}),
+        Ok(Err(PullError::Status { status, .. })) => json!({
+            "status": "unhealthy",
+            "latency_ms": ms(started.elapsed()),
+            "url": lapi.url(),
+            "error": format!("GET /health answered HTTP {status}"),
+        }),
+        Ok(Err(e)) => json!({"status": "unreachable", "url": lapi.url(), "error": e.to_string()}),
+        Err(_) => json!({
+            "status": "unreachable",
+            "url": lapi.url(),
+            "error": format!("no answer to GET /health within {}s", PROBE_TIMEOUT.as_secs()),
+        }),
+    }
+}
+
+/// The central API: any HTTP answer means reachable.
+async fn capi_probe(admin: &Admin) -> Value {
+    let url = &admin.config.capi_url;
+    let started = Instant::now();
+    let hostport = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_else(|| url.clone());
+    match admin.http.get(url).timeout(PROBE_TIMEOUT).send().await {
+        Ok(resp) => json!({
+            "status": "reachable",
+            "latency_ms": ms(started.elapsed()),
+            "url": url,
+            "http_status": resp.status().as_u16(),
+        }),
+        Err(e) => {
+            let why = if e.is_timeout() {
+                format!("no answer within {}s", PROBE_TIMEOUT.as_secs())
+            } else {
+                crate::lapi::root_cause(&e)
+            };
+            json!({
+                "status": "unreachable",
+                "url": url,
+                "error": format!("{why}; outbound TCP to {hostport} must be open"),
+            })
+        }
+    }
+}
+
+/// `GET /diagnostics/connectivity`.
+pub async fn connectivity(admin: &Admin) -> Reply {
+    let (lapi, capi) = tokio::join!(lapi_health(admin), capi_probe(admin));
+    json_reply(StatusCode::OK, &json!({"lapi": lapi, "capi": capi}))
+}
+
+fn rfc3339_ms(unix_ms: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64))
+        .to_string()
+}
+
+/// `GET /status`.
+pub async fn status(admin: &Admin) -> Reply {
+    let snap = admin.decider.snapshot();
+    let now = clock::now_secs_precise();
+    let mut by_origin: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = 0u64;
+    snap.for_each(|_, v, m| {
+        if v.expires_at() > now {
+            total += 1;
+            *by_origin.entry(m.origin.to_string()).or_default() += 1;
+        }
+    });
+    let stats = &admin.stats;
+    let lapi = if admin.lapi.is_some() {
+        let last = stats.last_success_ms.load(Ordering::Relaxed);
+        let (last_sync, age) = if last > 0 {
+            (
+                Some(rfc3339_ms(last)),
+                Some(((clock::now_ms() - last).max(0) / 1000) as u64),
+            )
+        } else {
+            (None, None)
+        };
+        json!({
+            "url": admin.config.api_url,
+            "health": lapi_health(admin).await,
+            "last_sync": last_sync,
+            "last_sync_age_seconds": age,
+            "last_sync_duration_ms": stats.last_duration_ms.load(Ordering::Relaxed),
+            "pulls_ok": stats.pulls_ok.load(Ordering::Relaxed),
+            "pulls_failed": stats.pulls_failed.load(Ordering::Relaxed),
+            "failures": stats.failures(),
+            "last_error": stats.last_error(),
+            "failing": stats.failing(),
+            "outage_policy_active": admin.decider.outage().map(|p| format!("{p:?}").to_lowercase()),
+            "watcher": admin.watcher.is_some(),
+        })
+    } else {
+        Value::Null
+    };
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": admin.mode(),
+            "enabled": admin.decider.enabled(),
+            "ready": admin.ready.get(),
+            "uptime_seconds": admin.started.elapsed().as_secs(),
+            "lapi": lapi,
+            "decisions": {"total": total, "by_origin": by_origin},
+            "snapshot": {"generation": snap.generation(), "held": snap.len()},
+            "lookups": admin.decider.lookups(),
+            "rejected_decisions": stats.rejected.load(Ordering::Relaxed),
+            "filtered_decisions": stats.filtered.load(Ordering::Relaxed),
+            "listeners": {
+                "socket": admin.socket_addr,
+                "admin": listen_text(&admin.config.admin_listen),
+                "forward_auth": listen_text(&admin.config.forward_auth_listen),
+            },
+        }),
+    )
+}
+
+fn listen_text(l: &crate::config::Listen) -> Option<String> {
+    match l {
+        crate::config::Listen::Off => None,
+        crate::config::Listen::Tcp(a) => Some(a.clone()),
+        crate::config::Listen::Unix(p) => Some(format!("unix:{}", p.display())),
+    }
+}
+
+/// Every check, in the order an operator would go through them.
+pub async fn checks(admin: &Admin) -> Vec<Check> {
+    let c = &admin.config;
+    let mut out = vec![Check::new(
+        "config",
+        "ok",
+        match &c.api_url {
+            Some(url) => format!(
+                "loaded; syncing from LAPI at {url} every {:?}",
+                c.update_frequency
+            ),
+            None => {
+                "loaded; standalone mode (no api_url): decisions come from the admin API".into()
+            }
+        },
+    )];
+    if c.insecure_skip_verify {
+        out.push(
+            Check::new(
+                "tls",
+                "warn",
+                "insecure_skip_verify is on: LAPI's certificate is not checked",
+            )
+            .fix("set ca_cert_path to LAPI's CA and turn insecure_skip_verify off"),
+        );
+    }
+
+    let health = lapi_health(admin).await;
+    let lapi_up = health["status"] == "healthy";
+    out.push(match health["status"].as_str().unwrap_or("") {
+        "not_configured" => Check::new("lapi", "skip", "standalone mode: no LAPI"),
+        "healthy" => Check::new(
+            "lapi",
+            "ok",
+            format!("{} answers /health in {} ms", health["url"].as_str().unwrap_or(""), health["latency_ms"]),
+        ),
+        _ => Check::new(
+            "lapi",
+            "fail",
+            format!(
+                "LAPI at {} is not usable: {}",
+                health["url"].as_str().unwrap_or(""),
+                health["error"].as_str().unwrap_or("unknown error")
+            ),
+        )
+        .fix("start CrowdSec (`systemctl start crowdsec`), check api_url and that LAPI listens there (`cscli lapi status`); cerberus keeps enforcing what it knows meanwhile"),
+    });
+
+    if admin.lapi.is_some() {
+        let stats = &admin.stats;
+        let what = if c.api_key.is_some() {
+            "bouncer key"
+        } else {
+            "bouncer certificate"
+        };
+        out.push(match stats.failing() {
+            Some("forbidden") => Check::new("bouncer_key", "fail", format!("LAPI refuses the {what} (HTTP 403)"))
+                .fix("create a key with `cscli bouncers add cerberus` and set api_key (or api_key_file); each cerberus needs its own"),
+            _ if stats.pulls_ok.load(Ordering::Relaxed) > 0 => Check::new(
+                "bouncer_key",
+                "ok",
+                format!("accepted by LAPI (last pull {})", rfc3339_ms(stats.last_success_ms.load(Ordering::Relaxed))),
+            ),
+            _ => Check::new("bouncer_key", "warn", format!("not known yet: no pull has succeeded, so the {what} is untested"))
+                .fix("see the lapi check; once LAPI answers, the first pull tests the key"),
+        });
+    }
+
+    out.push(match (&admin.watcher, admin.lapi.is_some()) {
+        (Some(w), _) => match tokio::time::timeout(PROBE_TIMEOUT, w.check_login()).await {
+            Ok(Ok(())) => Check::new("watcher", "ok", "machine login accepted: unban and ban reach every bouncer through LAPI"),
+            Ok(Err(crate::lapi::watcher::WatcherError::LoginRefused(code))) => Check::new(
+                "watcher",
+                "fail",
+                format!("LAPI refused the machine login (HTTP {code})"),
+            )
+            .fix("check machine_id and machine_password against `cscli machines list` (or recreate: `cscli machines add cerberus --password ...`)"),
+            Ok(Err(e)) if !lapi_up => Check::new("watcher", "warn", format!("cannot test the machine login while LAPI is down: {e}")),
+            Ok(Err(e)) => Check::new("watcher", "fail", e.to_string()),
+            Err(_) => Check::new("watcher", "fail", "no answer to the machine login within 5s"),
+        },
+        (None, true) => Check::new(
+            "watcher",
+            "warn",
+            "no machine_id/machine_password: unbans are local to this cerberus and bans through the admin API are refused",
+        )
+        .fix("`cscli machines add cerberus --password PW`, then set machine_id and machine_password (or machine_password_file)"),
+        (None, false) => Check::new("watcher", "skip", "standalone mode: no LAPI to write to"),
+    });
+
+    out.push(socket_check(admin));
+    out.push(data_dir_check(c));
+    out.push(if admin.decider.enabled() {
+        Check::new("protection", "ok", "on: decisions are enforced")
+    } else {
+        Check::new("protection", "warn", "off: every request is allowed")
+            .fix("POST /api/v1/cerberus/crowdsec/enable when it should protect again")
+    });
+    out
+}
+
+fn socket_check(admin: &Admin) -> Check {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = &admin.config.socket;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_socket() => Check::new(
+            "socket",
+            "ok",
+            format!(
+                "{} (mode {:04o}) serves the Caddy module",
+                path.display(),
+                m.permissions().mode() & 0o7777
+            ),
+        ),
+        Ok(_) => Check::new(
+            "socket",
+            "fail",
+            format!("{} exists but is not a socket", path.display()),
+        )
+        .fix("remove the file, or point `socket` elsewhere, and restart cerberus"),
+        Err(e) => Check::new("socket", "fail", format!("{}: {e}", path.display()))
+            .fix("check that `socket` names a directory cerberus can write and restart it"),
+    }
+}
+
+fn data_dir_check(c: &crate::config::Config) -> Check {
+    let probe = c.data_dir.join(".cerberus-write-test");
+    let result = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe));
+    match result {
+        Ok(()) => Check::new("data_dir", "ok", format!("{} is writable", c.data_dir.display())),
+        Err(e) => Check::new("data_dir", "fail", format!("{}: cannot write: {e}", c.data_dir.display()))
+            .fix("give the cerberus user write access to data_dir (the database and the admin token live there)"),
+    }
+}
+
+/// `GET /diagnostics/config`.
+pub async fn config(admin: &Admin) -> Reply {
+    let checks = checks(admin).await;
+    let ok = checks.iter().all(|c| c.status != "fail");
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.status == "fail")
+        .map(|c| c.name)
+        .collect();
+    json_reply(
+        StatusCode::OK,
+        &json!({"ok": ok, "failed": failed, "checks": checks}),
+    )
+}
