@@ -8,6 +8,7 @@
 //! - [`persist`]: SQLite in `data_dir`: decisions, settings, local overrides.
 //! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`)
 //!   and the HTTP endpoint for Caddy's `forward_auth`.
+//! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod persist;
 pub mod serve;
 pub mod store;
+pub mod usage;
