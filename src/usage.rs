@@ -308,7 +308,12 @@ impl Pusher {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
                 let snippet = bouncer_api::truncate_utf8(text.trim(), 200);
-                warn!("usage metrics push to {url} failed: HTTP {status} {snippet}; the counts go with the next push");
+                let said = if snippet.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({snippet})")
+                };
+                warn!("usage metrics push to {url} failed: HTTP {status}{said}; the counts go with the next push");
                 if status.is_server_error() {
                     Outcome::Status5xx
                 } else {
@@ -416,8 +421,10 @@ mod tests {
 
     #[test]
     fn body_carries_differences() {
-        let mut sent = Totals::default();
-        sent.processed = 10;
+        let mut sent = Totals {
+            processed: 10,
+            ..Totals::default()
+        };
         sent.dropped.insert(("cscli".into(), "ban".into()), 4);
         let mut now = sent.clone();
         now.processed = 15;
