@@ -292,7 +292,8 @@ pub fn usage_origin<'a>(origin: &'a str, scenario: &str) -> std::borrow::Cow<'a,
 /// the decision's shared metadata (a few entries however many decisions).
 pub fn count_active(snapshot: &Snapshot, now: u32) -> ActiveCounts {
     // Keyed by address: the metas live in the snapshot for the whole pass.
-    let mut per_meta: HashMap<*const Meta, (Meta, u64, u64)> = HashMap::new();
+    let mut per_meta: HashMap<*const Meta, (Meta, u64, u64), ahash::RandomState> =
+        HashMap::default();
     snapshot.for_each(|target, verdict, meta| {
         if verdict.expires_at() <= now {
             return;
