@@ -43,6 +43,8 @@ pub struct Running {
 
 /// Starts everything and returns once the persisted decisions are being served.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // Before anything registers a metric handle (the doors do when they are built).
+    crate::metrics::install();
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir {}: cannot create it", config.data_dir.display()))?;
@@ -80,7 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         loaded.expired,
         loaded.unreadable
     );
-    metrics::gauge!(crate::metrics::ACTIVE_DECISIONS).set(snap.len() as f64);
+    metrics::gauge!(crate::metrics::SNAPSHOT_DECISIONS).set(snap.len() as f64);
     let persist = Arc::new(db.into_writer());
     let stats = Arc::new(SyncStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -106,6 +108,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )));
     } else {
         let client = LapiClient::new(&config)?;
+        if !config.usage_metrics_interval.is_zero() {
+            let usage = crate::usage::run(
+                client.clone(),
+                decider.clone(),
+                config.usage_metrics_interval,
+                shutdown_rx.clone(),
+            );
+            tasks.push(tokio::spawn(usage));
+        }
         let syncer = Syncer::new(
             client,
             owner,

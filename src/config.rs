@@ -58,6 +58,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("lapi_timeout", Kind::Str),
     ("lapi_max_body", Kind::Str),
     ("lapi_retry_max", Kind::Str),
+    ("usage_metrics_interval", Kind::Str),
 ];
 
 /// True for `127.0.0.1:P`, `[::1]:P`, `localhost:P`: addresses only this machine reaches.
@@ -68,6 +69,8 @@ pub fn is_loopback(addr: &str) -> bool {
     addr.rsplit_once(':')
         .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
+/// Shortest non-zero `usage_metrics_interval` (LAPI aggregates windows of minutes).
+const MIN_USAGE_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One thing wrong with a config, tied to its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +190,9 @@ pub struct Config {
     pub lapi_max_body: u64,
     /// Longest wait between retries after LAPI errors. Default 60s.
     pub lapi_retry_max: Duration,
+    /// How often usage metrics are pushed to LAPI (`POST /v1/usage-metrics`); zero turns
+    /// them off. Default 15m; LAPI mode only.
+    pub usage_metrics_interval: Duration,
 }
 
 impl Default for Config {
@@ -227,6 +233,7 @@ impl Default for Config {
             lapi_timeout: Duration::from_secs(120),
             lapi_max_body: 1 << 30,
             lapi_retry_max: Duration::from_secs(60),
+            usage_metrics_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -687,6 +694,23 @@ impl Reader {
         if let Some(d) = self.duration("lapi_retry_max") {
             c.lapi_retry_max = d;
         }
+        if let Some(text) = self.string("usage_metrics_interval") {
+            match parse_config_duration(&text) {
+                Ok(d) if d.is_zero() || d >= MIN_USAGE_METRICS_INTERVAL => {
+                    c.usage_metrics_interval = d
+                }
+                Ok(_) => self.problem(
+                    "usage_metrics_interval",
+                    format!(
+                        "{text:?} is too short: use at least 10s (15m is usual), or 0s to send no usage metrics"
+                    ),
+                ),
+                Err(e) => self.problem(
+                    "usage_metrics_interval",
+                    format!("{e}; 0s sends no usage metrics"),
+                ),
+            }
+        }
         self.check_dirs(&c);
         if self.problems.is_empty() {
             Ok(c)
@@ -778,6 +802,36 @@ mod tests {
 
     fn load(yaml: &str) -> Result<Config, Vec<Problem>> {
         Reader::new(parse_yaml(yaml).unwrap()).finish()
+    }
+
+    #[test]
+    fn usage_metrics_interval() {
+        assert_eq!(
+            load("").unwrap().usage_metrics_interval,
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            load("usage_metrics_interval: 0s\n")
+                .unwrap()
+                .usage_metrics_interval,
+            Duration::ZERO
+        );
+        assert_eq!(
+            load("usage_metrics_interval: 1m30s\n")
+                .unwrap()
+                .usage_metrics_interval,
+            Duration::from_secs(90)
+        );
+        for (bad, says) in [
+            ("2s", "at least 10s"),
+            ("soon", "0s sends no usage metrics"),
+            ("-5m", "0s sends no usage metrics"),
+        ] {
+            let problems = load(&format!("usage_metrics_interval: {bad}\n")).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].key, "usage_metrics_interval");
+            assert!(problems[0].message.contains(says), "{}", problems[0]);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`)
 //!   and the HTTP endpoint for Caddy's `forward_auth`.
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
+//! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
@@ -24,3 +25,4 @@ pub mod metrics;
 pub mod persist;
 pub mod serve;
 pub mod store;
+pub mod usage;

@@ -485,8 +485,8 @@ fn readyz(admin: &Admin) -> Reply {
 }
 
 fn metrics_text(admin: &Admin) -> Reply {
-    let _ = admin;
-    match None::<String> {
+    crate::metrics::observe(&admin.decider, &admin.stats);
+    match crate::metrics::render() {
         Some(text) => {
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(

@@ -152,6 +152,12 @@ impl LapiClient {
         Ok(trusting(config)?.build()?)
     }
 
+    /// The HTTP client, with this bouncer's credentials (key or certificate), User-Agent
+    /// and timeouts, for other calls as this bouncer (usage metrics).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// `GET /health`: the round trip on success.
     pub async fn health(&self) -> Result<Duration, PullError> {
         let started = Instant::now();
@@ -237,7 +243,7 @@ impl LapiClient {
         };
         let result = result.map_err(|e| classify_parse(e, limit, timeout));
         if let Ok(counts) = &result {
-            metrics::counter!("cerberus_lapi_bytes_total").increment(seen.load(Ordering::Relaxed));
+            metrics::counter!(crate::metrics::LAPI_BYTES).increment(seen.load(Ordering::Relaxed));
             tracing::debug!(
                 "pulled {} bytes: {} new, {} deleted",
                 seen.load(Ordering::Relaxed),

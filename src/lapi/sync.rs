@@ -433,7 +433,7 @@ impl Syncer {
         metrics::gauge!(crate::metrics::LAST_SYNC).set(clock::now_ms() as f64 / 1000.0);
         metrics::histogram!(crate::metrics::SYNC_DURATION, "kind" => kind)
             .record(elapsed.as_secs_f64());
-        metrics::gauge!(crate::metrics::ACTIVE_DECISIONS).set(total as f64);
+        metrics::gauge!(crate::metrics::SNAPSHOT_DECISIONS).set(total as f64);
         metrics::gauge!(crate::metrics::SNAPSHOT_GENERATION).set(published.generation() as f64);
         if !self.stats.first_sync_done.swap(true, Ordering::Relaxed) {
             info!(

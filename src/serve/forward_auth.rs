@@ -50,7 +50,7 @@ pub struct Door {
     template: String,
     request_ids: AtomicU64,
     id_seed: u64,
-    meters: [metrics::Counter; 5],
+    meters: [metrics::Counter; REMEDIATION_LABELS.len()],
     no_ip: metrics::Counter,
     duration: metrics::Histogram,
 }
@@ -145,18 +145,21 @@ impl Door {
         };
         let now = clock::now_secs();
         let ready = self.ready.get();
-        let verdict = self.decider.decide(ip, now, |source, hit| {
+        let decider = &*self.decider;
+        let verdict = decider.decide(ip, now, |source, hit| {
             let answer = super::lookup_answer(source, hit, now, ready);
+            let label = super::count_lookup(decider.usage(), source, hit, answer.remediation);
             (
                 answer.remediation,
                 answer.expires_in_s,
                 answer.origin.to_string(),
                 answer.scenario.to_string(),
                 source,
+                label,
             )
         });
-        let (remediation, expires_in_s, origin, scenario, source) = verdict;
-        self.meters[remediation as usize].increment(1);
+        let (remediation, expires_in_s, origin, scenario, source, label) = verdict;
+        self.meters[label].increment(1);
         let response = match remediation {
             bouncer_api::Remediation::Allow => plain(StatusCode::OK, "allow", String::new()),
             bouncer_api::Remediation::Throttle => {

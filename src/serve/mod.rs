@@ -87,8 +87,41 @@ pub fn lookup_answer<'a>(
     }
 }
 
-/// Label values for `cerberus_lookups_total{remediation}`.
-pub const REMEDIATION_LABELS: [&str; 5] = ["allow", "ban", "captcha", "throttle", "other"];
+/// Label values for `cerberus_lookups_total{remediation}`: the wire remediations in their
+/// wire order, then `bypassed` (allowed because protection is off).
+pub const REMEDIATION_LABELS: [&str; 6] =
+    ["allow", "ban", "captcha", "throttle", "other", "bypassed"];
+
+/// Index of `bypassed` in [`REMEDIATION_LABELS`].
+pub const BYPASSED: usize = 5;
+
+/// Counts one answered lookup for the usage metrics and returns its index in
+/// [`REMEDIATION_LABELS`]. An allow is one atomic add; only a blocked answer takes the
+/// usage lock (to count it by origin and remediation).
+#[inline]
+pub fn count_lookup(
+    usage: &crate::usage::Usage,
+    source: Source,
+    hit: Option<Hit<'_>>,
+    remediation: bouncer_api::Remediation,
+) -> usize {
+    usage.add_processed();
+    if source == Source::Bypassed {
+        return BYPASSED;
+    }
+    if remediation != bouncer_api::Remediation::Allow {
+        match (source, hit) {
+            (Source::FailClosed, _) => {
+                usage.add_dropped(crate::usage::FAIL_CLOSED_ORIGIN, "", "ban")
+            }
+            (_, Some(hit)) => {
+                usage.add_dropped(&hit.meta.origin, &hit.meta.scenario, &hit.meta.type_name)
+            }
+            (_, None) => usage.add_dropped("unknown", "", remediation.as_str()),
+        }
+    }
+    remediation as usize
+}
 
 /// After a failed accept (out of file descriptors and the like): waits instead of
 /// spinning, doubling from 5 ms up to 1 s. Returns true when shutdown was asked meanwhile.

@@ -7,7 +7,7 @@
 //! whole batch at once. A malformed frame gets its error frame after the answers to the
 //! earlier requests, then the connection closes.
 
-use super::{lookup_answer, Readiness, REMEDIATION_LABELS};
+use super::{count_lookup, lookup_answer, Readiness, REMEDIATION_LABELS};
 use crate::clock;
 use crate::metrics as names;
 use crate::store::Decider;
@@ -202,7 +202,7 @@ async fn refuse(mut stream: UnixStream) {
 
 /// Counters and the histogram of one connection, registered once.
 struct Meters {
-    by_remediation: [metrics::Counter; 5],
+    by_remediation: [metrics::Counter; REMEDIATION_LABELS.len()],
     duration: metrics::Histogram,
 }
 
@@ -280,12 +280,13 @@ impl Connection {
             match decode_request(input) {
                 Ok(Some(Request::Lookup { id, addr })) => {
                     let started = Instant::now();
-                    let remediation = self.decider.decide(addr, now, |source, hit| {
+                    let decider = &*self.decider;
+                    let label = decider.decide(addr, now, |source, hit| {
                         let answer = lookup_answer(source, hit, now, ready);
                         encode_lookup_answer(id, &answer, output);
-                        answer.remediation as usize
+                        count_lookup(decider.usage(), source, hit, answer.remediation)
                     });
-                    meters.by_remediation[remediation].increment(1);
+                    meters.by_remediation[label].increment(1);
                     meters.duration.record(started.elapsed().as_secs_f64());
                 }
                 Ok(Some(Request::Ping { id })) => {

@@ -592,7 +592,13 @@ pub struct Decider {
     /// 0: normal, 1: fail open, 2: fail closed (set by the sync loop when LAPI is stale).
     outage: AtomicU8,
     lookups: AtomicU64,
+    /// What the doors did, for the usage metrics pushed to LAPI.
+    usage: crate::usage::Usage,
+    /// Tells deciders apart (caches keyed by snapshot generation).
+    id: u64,
 }
+
+static NEXT_DECIDER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Default for Decider {
     fn default() -> Self {
@@ -607,7 +613,20 @@ impl Decider {
             enabled: AtomicBool::new(true),
             outage: AtomicU8::new(0),
             lookups: AtomicU64::new(0),
+            usage: crate::usage::Usage::default(),
+            id: NEXT_DECIDER_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Unique in this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The doors' counters for the usage metrics (see [`crate::usage`]).
+    #[inline]
+    pub fn usage(&self) -> &crate::usage::Usage {
+        &self.usage
     }
 
     /// A writer publishing into this decider.
