@@ -18,7 +18,7 @@ start=$SECONDS
 (cd "$module" && go build -o "$out" ./cmd/caddy)
 echo "built $out in $((SECONDS - start)) s"
 
-if ! "$out" list-modules | grep -qx 'http.handlers.cerberus'; then
+if ! "$out" list-modules | grep -x 'http.handlers.cerberus' >/dev/null; then
     echo "error: $out list-modules does not show http.handlers.cerberus" >&2
     exit 1
 fi
