@@ -227,9 +227,14 @@ impl Exposition {
     }
 }
 
-fn scrape(app: &cerberus::app::Running) -> Exposition {
-    cerberus::metrics::observe(&app.decider, &app.stats);
-    let text = cerberus::metrics::render().expect("the exporter is installed by app::start");
+/// `GET /metrics` on the admin listener, without a token, as Prometheus scrapes it.
+async fn scrape(app: &cerberus::app::Running) -> Exposition {
+    let url = format!("http://{}/metrics", app.admin_addr.as_deref().expect("admin on"));
+    let resp = reqwest::get(&url).await.expect("/metrics answers");
+    assert_eq!(resp.status().as_u16(), 200);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let text = resp.text().await.unwrap();
     if std::env::var("SHOW_EXPOSITION").is_ok() {
         eprintln!("{text}");
     }
@@ -283,14 +288,14 @@ fn the_parser_is_strict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_decisions_and_protection_in_the_exposition() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(dir.path(), None, None);
+    let mut config = support::admin::with_admin(support::config(dir.path(), None, None));
     config.forward_auth_listen = Listen::Tcp("127.0.0.1:0".into());
     let app = tokio::time::timeout(LIMIT, cerberus::app::start(config))
         .await
         .unwrap()
         .unwrap();
 
-    let before = scrape(&app);
+    let before = scrape(&app).await;
     // Every described metric that the daemon has touched carries HELP and TYPE.
     for (name, kind, _, _) in cerberus::metrics::DESCRIPTIONS {
         if let Some(t) = before.types.get(*name) {
@@ -361,7 +366,7 @@ async fn lookups_decisions_and_protection_in_the_exposition() {
     assert_eq!(fa("192.0.2.1").await, 200);
     assert_eq!(fa("198.51.100.5").await, 200);
 
-    let after = scrape(&app);
+    let after = scrape(&app).await;
     let moved = |door: &str, r: &str| {
         let l = [("door", door), ("remediation", r)];
         after.count(LOOKUPS, &l) - before.count(LOOKUPS, &l)
@@ -415,7 +420,7 @@ async fn lookups_decisions_and_protection_in_the_exposition() {
         .insert(vec![decision(6, "192.0.2.60", "ban", "cscli", now + 3600)])
         .await
         .unwrap();
-    let last = scrape(&app);
+    let last = scrape(&app).await;
     assert_eq!(last.get("cerberus_protection_enabled", &[]), Some(1.0));
     assert_eq!(active(&last, "crowdsec", "Ip", "captcha"), Some(0.0));
     assert_eq!(active(&last, "cscli", "Ip", "ban"), Some(2.0));
