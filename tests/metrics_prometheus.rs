@@ -1,6 +1,6 @@
 //! The Prometheus exporter end to end: a daemon started in-process (which installs the
-//! exporter), lookups through both doors (allow, ban, captcha, bypassed), then
-//! `metrics::observe` + `metrics::render`, read back with a strict parser of the text
+//! exporter), lookups through both doors (allow, ban, captcha, bypassed), then a scrape
+//! of `GET /metrics` on the admin listener, read back with a strict parser of the text
 //! format: lookup counters move by exactly the traffic made, active decisions are
 //! counted by origin, scope and type (expired ones left out, vanished ones set to 0),
 //! the protection gauge follows the switch.
