@@ -94,7 +94,7 @@ pub enum Listen {
 }
 
 impl Listen {
-    fn parse(value: &str) -> Result<Listen, String> {
+    pub fn parse(value: &str) -> Result<Listen, String> {
         let value = value.trim();
         if value.eq_ignore_ascii_case("off") {
             return Ok(Listen::Off);

@@ -10,11 +10,13 @@
 //!   and the HTTP endpoint for Caddy's `forward_auth`.
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
+//! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;

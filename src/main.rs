@@ -1,5 +1,6 @@
 //! The `cerberus` binary: parses flags, loads the config, sets up logging, runs.
 
+use cerberus::cli;
 use cerberus::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -15,6 +16,17 @@ struct Cli {
     /// Config file (YAML). Without one, defaults apply (standalone under ./cerberus-data).
     #[arg(short, long, global = true)]
     config: Option<PathBuf>,
+    /// The admin API (`host:port` or `unix:/path`). Default: `admin_listen` from the config.
+    #[arg(long, global = true)]
+    admin: Option<String>,
+    /// The admin token. Default: admin_token from the config, else `data_dir/admin_token`.
+    #[arg(
+        long,
+        global = true,
+        env = "CERBERUS_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -33,6 +45,75 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Show what the running daemon is doing (admin API).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live decisions (admin API).
+    Decisions {
+        #[command(subcommand)]
+        command: DecisionsCommand,
+    },
+    /// Ban an IP or range (through LAPI with watcher credentials; local in standalone).
+    Ban {
+        value: String,
+        /// How long, e.g. 4h, 30m, 168h. Default: 4h.
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Decision type: ban (default), captcha, throttle.
+        #[arg(long = "type")]
+        type_name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift every decision covering an IP or range, at once.
+    Unban {
+        value: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch protection on (persisted).
+    Enable,
+    /// Switch protection off: every request is allowed (persisted).
+    Disable,
+    /// Check everything cerberus depends on; exits non-zero when a check fails.
+    Diagnose {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's data_dir (where admin_token is). Default: from the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DecisionsCommand {
+    /// List active decisions, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Only decisions that cover this IP.
+        #[arg(long)]
+        ip: Option<String>,
+        /// ip or range.
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long)]
+        origin: Option<String>,
+        #[arg(long = "type")]
+        type_name: Option<String>,
+        /// Part of the scenario name.
+        #[arg(long)]
+        scenario: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +122,82 @@ fn main() -> ExitCode {
         Command::Check => check(cli.config),
         Command::Run => run(cli.config),
         Command::Lookup { ip, socket } => lookup(cli.config, &ip, socket),
+        Command::Diagnose { json, data_dir } => {
+            with_admin(cli.config, data_dir, cli.admin, cli.token, |config, t| {
+                cli::diagnose(config, t, json)
+            })
+        }
+        other => with_admin(cli.config, None, cli.admin, cli.token, |_, t| match other {
+            Command::Status { json } => cli::status(t, json),
+            Command::Decisions {
+                command:
+                    DecisionsCommand::List {
+                        json,
+                        ip,
+                        scope,
+                        origin,
+                        type_name,
+                        scenario,
+                        limit,
+                        offset,
+                    },
+            } => cli::decisions_list(
+                t,
+                &[
+                    ("ip", ip),
+                    ("scope", scope),
+                    ("origin", origin),
+                    ("type", type_name),
+                    ("scenario", scenario),
+                    ("limit", Some(limit.to_string())),
+                    ("offset", Some(offset.to_string())),
+                ],
+                json,
+            ),
+            Command::Ban {
+                value,
+                duration,
+                reason,
+                type_name,
+                json,
+            } => cli::ban(t, &value, duration, reason, type_name, json),
+            Command::Unban { value, json } => cli::unban(t, &value, json),
+            Command::Enable => cli::switch(t, true),
+            Command::Disable => cli::switch(t, false),
+            Command::Run | Command::Check | Command::Lookup { .. } | Command::Diagnose { .. } => {
+                unreachable!("handled above")
+            }
+        }),
+    }
+}
+
+/// Loads the config for an admin API command and finds the API and its token.
+fn with_admin(
+    path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    admin: Option<String>,
+    token: Option<String>,
+    f: impl FnOnce(&Config, &cli::Target) -> ExitCode,
+) -> ExitCode {
+    let mut config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("cerberus: the config has {} problem(s):", problems.len());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    match cli::Target::new(&config, admin.as_deref(), token) {
+        Ok(t) => f(&config, &t),
+        Err(e) => {
+            eprintln!("cerberus: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
