@@ -131,11 +131,7 @@ fn connect_tcp(addr: &str, timeout: Duration) -> Result<std::net::TcpStream, Str
     Err(last)
 }
 
-fn exchange<S: Read + Write>(
-    s: &mut S,
-    request: &[u8],
-    _timeout: Duration,
-) -> Result<Vec<u8>, String> {
+fn exchange<S: Read + Write>(s: &mut S, request: &[u8]) -> Result<Vec<u8>, String> {
     s.write_all(request).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).map_err(|e| e.to_string())?;
