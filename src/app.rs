@@ -84,6 +84,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     metrics::gauge!(crate::metrics::SNAPSHOT_DECISIONS).set(snap.len() as f64);
     let persist = Arc::new(db.into_writer());
+    // Expired decisions and overrides were skipped above; drop them from disk too.
+    persist.purge(clock::now_secs_precise());
     let stats = Arc::new(SyncStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -229,7 +229,10 @@ impl Exposition {
 
 /// `GET /metrics` on the admin listener, without a token, as Prometheus scrapes it.
 async fn scrape(app: &cerberus::app::Running) -> Exposition {
-    let url = format!("http://{}/metrics", app.admin_addr.as_deref().expect("admin on"));
+    let url = format!(
+        "http://{}/metrics",
+        app.admin_addr.as_deref().expect("admin on")
+    );
     let resp = reqwest::get(&url).await.expect("/metrics answers");
     assert_eq!(resp.status().as_u16(), 200);
     let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();

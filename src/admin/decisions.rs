@@ -30,18 +30,21 @@ const DEFAULT_REASON: &str = "manual ban from the cerberus admin API";
 
 type CountryMap = Arc<HashMap<i64, String>>;
 
-/// Decision id → country of the alert behind it, from LAPI, refreshed at most every 30 s.
+/// Decision id → country of the alert behind it, from LAPI: refreshed when 30 s old, or
+/// when a decision to show is missing (at most once a second).
 #[derive(Default)]
 pub struct Countries {
     cached: tokio::sync::Mutex<Option<(Instant, CountryMap)>>,
 }
 
 impl Countries {
-    async fn get(&self, admin: &Admin) -> Option<CountryMap> {
+    async fn get(&self, admin: &Admin, wanted: &[i64]) -> Option<CountryMap> {
         let watcher = admin.watcher.as_ref()?;
         let mut cached = self.cached.lock().await;
         if let Some((at, map)) = cached.as_ref() {
-            if at.elapsed() < Duration::from_secs(30) {
+            let complete = wanted.iter().all(|id| map.contains_key(id));
+            let age = at.elapsed();
+            if age < Duration::from_secs(1) || (complete && age < Duration::from_secs(30)) {
                 return Some(map.clone());
             }
         }
@@ -226,7 +229,8 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
     let countries = if page.is_empty() {
         None
     } else {
-        admin.countries.get(admin).await
+        let ids: Vec<i64> = page.iter().map(|d| d.id).filter(|&id| id >= 0).collect();
+        admin.countries.get(admin, &ids).await
     };
     let decisions: Vec<Value> = page
         .iter()
