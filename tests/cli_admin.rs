@@ -1,0 +1,232 @@
+//! The CLI over the admin API, as an operator runs it: the daemon is the real binary
+//! with a config file. `ban`, `decisions list`, `unban`, `status` round-trip; bad input
+//! names the field and exits non-zero; `cerberus diagnose` (and
+//! scripts/diagnose-crowdsec.sh) names LAPI as the failing check when LAPI is down, the
+//! daemon when the daemon is down, and passes when all is well.
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::caddy::free_port;
+use support::lapi::Lapi;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cerberus");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes a config and starts `cerberus run -c` on it; waits for the admin API.
+fn daemon(dir: &Path, extra: &str) -> (Daemon, PathBuf, u16) {
+    let port = free_port();
+    let config = dir.join("cerberus.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {dir}\nsocket: {dir}/cerberus.sock\nadmin_listen: 127.0.0.1:{port}\n\
+             forward_auth_listen: off\ncapi_url: http://127.0.0.1:9\nlog_level: info\n{extra}",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let d = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the admin API did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (d, config, port)
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn ban_list_unban_status_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, config, _) = daemon(dir.path(), "");
+    let c = config.to_str().unwrap();
+
+    let out = cli(&[
+        "-c",
+        c,
+        "ban",
+        "192.0.2.30",
+        "--duration",
+        "2h",
+        "--reason",
+        "cli test",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("banned 192.0.2.30"),
+        "{out:?}"
+    );
+    let out = cli(&["-c", c, "decisions", "list", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let list = json_of(&out);
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["decisions"][0]["value"], "192.0.2.30");
+    assert_eq!(list["decisions"][0]["scenario"], "cli test");
+    let human = cli(&["-c", c, "decisions", "list"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("192.0.2.30"),
+        "{human:?}"
+    );
+
+    // The daemon answers for the ban on its socket.
+    let out = cli(&["-c", c, "lookup", "192.0.2.30"]);
+    assert_eq!(json_of(&out)["remediation"], "ban");
+
+    let out = cli(&["-c", c, "ban", "192.0.2.300"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("field `value`") && err.contains("192.0.2.300"),
+        "{err}"
+    );
+    let out = cli(&["-c", c, "ban", "192.0.2.31", "--duration", "soon"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("field `duration`"),
+        "{out:?}"
+    );
+
+    let out = cli(&["-c", c, "unban", "192.0.2.30"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        json_of(&cli(&["-c", c, "lookup", "192.0.2.30"]))["remediation"],
+        "allow"
+    );
+    let out = cli(&["-c", c, "unban", "192.0.2.30"]);
+    assert!(!out.status.success(), "nothing left to unban");
+
+    let out = cli(&["-c", c, "disable"]);
+    assert!(out.status.success(), "{out:?}");
+    let status = json_of(&cli(&["-c", c, "status", "--json"]));
+    assert_eq!(
+        (status["mode"].as_str(), status["enabled"].as_bool()),
+        (Some("standalone"), Some(false))
+    );
+    let human = cli(&["-c", c, "status"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("OFF"),
+        "{human:?}"
+    );
+    assert!(cli(&["-c", c, "enable"]).status.success());
+
+    // A wrong token is named as such.
+    let out = cli(&["-c", c, "--token", "nope", "status"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong admin token"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn diagnose_names_the_failing_part() {
+    let lapi = Lapi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = lapi.new_bouncer_key("cli-diagnose");
+    let (daemon, config, port) = daemon(
+        dir.path(),
+        &format!(
+            "api_url: {}\napi_key: {key}\nupdate_frequency: 300ms\nlapi_timeout: 2s\nlapi_retry_max: 500ms\n",
+            lapi.url
+        ),
+    );
+    let c = config.to_str().unwrap();
+    // Wait for the first sync (the bouncer key is then known good).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = json_of(&cli(&["-c", c, "status", "--json"]));
+        if s["lapi"]["pulls_ok"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sync: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = cli(&["-c", c, "diagnose", "--json"]);
+    let report = json_of(&out);
+    assert!(out.status.success(), "all well: {report}");
+    assert_eq!(report["ok"], true, "{report}");
+
+    // LAPI down: LAPI is the failing check, and only it.
+    lapi.stop();
+    let out = cli(&["-c", c, "diagnose", "--json"]);
+    let report = json_of(&out);
+    assert!(!out.status.success(), "{report}");
+    assert_eq!(report["failed"], serde_json::json!(["lapi"]), "{report}");
+    let lapi_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lapi")
+        .unwrap();
+    assert!(
+        lapi_check["detail"].as_str().unwrap().contains(&lapi.url),
+        "{lapi_check}"
+    );
+    assert!(lapi_check["fix"].is_string(), "{lapi_check}");
+    // Human output says the same and exits non-zero.
+    let out = cli(&["-c", c, "diagnose"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[FAIL] lapi") && text.contains("failing: lapi"),
+        "{text}"
+    );
+    // The script, and --data-dir to find the token without the config.
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/diagnose-crowdsec.sh"))
+        .args([
+            "--json",
+            "--admin",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("CERBERUS", BIN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(json_of(&out)["failed"], serde_json::json!(["lapi"]));
+
+    // The daemon down too: both are named.
+    drop(daemon);
+    let out = cli(&["-c", c, "diagnose", "--json"]);
+    let report = json_of(&out);
+    assert!(!out.status.success());
+    assert_eq!(
+        report["failed"],
+        serde_json::json!(["daemon", "lapi"]),
+        "{report}"
+    );
+}
