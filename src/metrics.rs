@@ -32,6 +32,10 @@ pub const SOCKET_BAD_FRAMES: &str = "cerberus_socket_bad_frames_total";
 /// forward_auth requests answered 400 because no usable client IP was found.
 pub const FORWARD_AUTH_NO_CLIENT_IP: &str = "cerberus_forward_auth_no_client_ip_total";
 
+/// Hub preset operations by `op` (refresh, install, remove) and `outcome` (ok, or the
+/// error's kind: hub_unreachable, digest_mismatch, validation_failed, ...).
+pub const HUB_OPERATIONS: &str = "cerberus_hub_operations_total";
+
 /// Every name above, for tests and the exporter's descriptions.
 pub const ALL: &[&str] = &[
     LAPI_REQUESTS,
@@ -47,4 +51,5 @@ pub const ALL: &[&str] = &[
     SOCKET_REFUSED,
     SOCKET_BAD_FRAMES,
     FORWARD_AUTH_NO_CLIENT_IP,
+    HUB_OPERATIONS,
 ];
