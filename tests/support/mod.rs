@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod caddy;
+pub mod engine;
 pub mod lapi;
 
 use cerberus::config::{Config, Listen};

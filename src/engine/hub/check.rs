@@ -62,7 +62,11 @@ pub(crate) fn complaint(output: &str) -> Vec<String> {
         }
         out
     };
-    let fatal = pick("fatal");
+    // "crowdsec stopped" only says that it stopped; the errors before it say why.
+    let fatal: Vec<String> = pick("fatal")
+        .into_iter()
+        .filter(|m| m != "crowdsec stopped")
+        .collect();
     if !fatal.is_empty() {
         return fatal;
     }
@@ -186,6 +190,15 @@ mod tests {
         assert_eq!(c, ["bad \"thing\""]);
         let c = complaint("{\"level\":\"fatal\",\"msg\":\"json says no\"}\n");
         assert_eq!(c, ["json says no"]);
+        // A crash: the fatal line says nothing, the error lines say what.
+        let c = complaint(concat!(
+            "time=\"x\" level=error msg=\"crowdsec - goroutine crowdsec/main crashed : assignment to entry in nil map\"\n",
+            "time=\"x\" level=fatal msg=\"crowdsec stopped\"\n",
+        ));
+        assert_eq!(
+            c,
+            ["crowdsec - goroutine crowdsec/main crashed : assignment to entry in nil map"]
+        );
         let c = complaint("panic: assignment to entry in nil map\n\ngoroutine 1\n");
         assert_eq!(c, ["panic: assignment to entry in nil map", "goroutine 1"]);
     }

@@ -205,7 +205,7 @@ impl Index {
                 item.deps.retain(|(k, _)| kinds.contains(k));
             }
         }
-        if index.len() == 0 {
+        if index.is_empty() {
             return Err("it lists no item".into());
         }
         Ok(index)
