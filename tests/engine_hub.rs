@@ -508,6 +508,86 @@ fn version_in(index: &[u8], kind: &str, name: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Counters, through a recorder installed once for this test binary.
+
+#[derive(Default)]
+struct Counts(Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>);
+
+struct CountCell(Arc<std::sync::atomic::AtomicU64>);
+
+impl metrics::CounterFn for CountCell {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::SeqCst);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::SeqCst);
+    }
+}
+
+struct CountingRecorder(&'static Counts);
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        let cell = self.0 .0.lock().unwrap().entry(name).or_default().clone();
+        metrics::Counter::from_arc(Arc::new(CountCell(cell)))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// The value of counter `name{labels}` (labels sorted, `k=v` joined by commas).
+fn counter(name: &str) -> u64 {
+    static COUNTS: std::sync::OnceLock<&'static Counts> = std::sync::OnceLock::new();
+    let counts = COUNTS.get_or_init(|| {
+        let counts: &'static Counts = Box::leak(Box::default());
+        metrics::set_global_recorder(CountingRecorder(counts))
+            .expect("one recorder per test binary");
+        counts
+    });
+    counts
+        .0
+        .lock()
+        .unwrap()
+        .get(name)
+        .map_or(0, |c| c.load(Ordering::SeqCst))
+}
+
+// ---------------------------------------------------------------------------------------
 // Tests.
 
 #[tokio::test]
@@ -648,6 +728,8 @@ async fn a_tampered_digest_is_refused_before_anything_is_written() {
     let kind = kind_of(&fx.old, fx.rejected);
     let server = HubServer::start(tamper_digest(&fx.old, &kind, fx.rejected)).await;
     let s = setup(&server.url);
+    let refused = "cerberus_hub_operations_total{op=install,outcome=digest_mismatch}";
+    let refused_before = counter(refused);
     let before = tree(&s.engine.root);
 
     let err = s
@@ -666,6 +748,8 @@ async fn a_tampered_digest_is_refused_before_anything_is_written() {
     assert!(err.body().nothing_changed);
     assert_same_tree(&before, &tree(&s.engine.root));
     assert_eq!(s.reloads.load(Ordering::SeqCst), 0);
+    // >=: another test of this binary may be refused at the same time.
+    assert!(counter(refused) > refused_before, "counted by outcome");
     assert!(
         server.requests.load(Ordering::SeqCst) >= 1,
         "the index was fetched"
