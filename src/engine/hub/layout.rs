@@ -63,7 +63,9 @@ impl EngineLayout {
                 .get(key)
                 .and_then(Value::as_str)
                 .filter(|s| !s.trim().is_empty())
-                .map(|s| PathBuf::from(s.trim()))
+                // Absolute, as cscli makes its link targets (relative to our cwd, as
+                // crowdsec resolves them against its own).
+                .map(|s| std::path::absolute(s.trim()).unwrap_or_else(|_| PathBuf::from(s.trim())))
         };
         let need = |key: &str| {
             get(key).ok_or_else(|| {
