@@ -11,6 +11,7 @@
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
+//! - [`engine`]: the managed CrowdSec engine: hub presets (browse, install, remove).
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod decision;
 pub mod duration;
+pub mod engine;
 pub mod lapi;
 pub mod metrics;
 pub mod persist;

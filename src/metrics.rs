@@ -175,7 +175,26 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Unit::Count,
         "Usage metrics pushes to LAPI by outcome (ok, not_found, connect, timeout, status_4xx, status_5xx, other).",
     ),
+    (
+        HUB_OPERATIONS,
+        Kind::Counter,
+        Unit::Count,
+        "Hub preset operations by op (refresh, install, remove) and outcome (ok or the error kind).",
+    ),
+    (
+        ADMIN_AUTH_FAILURES,
+        Kind::Counter,
+        Unit::Count,
+        "Admin API requests refused for a wrong token.",
+    ),
 ];
+
+/// Admin API requests refused for a wrong token.
+pub const ADMIN_AUTH_FAILURES: &str = "cerberus_admin_auth_failures_total";
+
+/// Hub preset operations by `op` (refresh, install, remove) and `outcome` (ok, or the
+/// error's kind: hub_unreachable, digest_mismatch, validation_failed, ...).
+pub const HUB_OPERATIONS: &str = "cerberus_hub_operations_total";
 
 /// Every name above, for tests and the exporter's descriptions.
 pub const ALL: &[&str] = &[
@@ -197,6 +216,8 @@ pub const ALL: &[&str] = &[
     SOCKET_BAD_FRAMES,
     FORWARD_AUTH_NO_CLIENT_IP,
     USAGE_PUSHES,
+    HUB_OPERATIONS,
+    ADMIN_AUTH_FAILURES,
 ];
 
 /// Histogram buckets (seconds). A lookup takes well under a microsecond of cerberus'

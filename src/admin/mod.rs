@@ -41,9 +41,6 @@ use tracing::{info, warn};
 /// Where the authenticated routes live.
 pub const PREFIX: &str = "/api/v1/cerberus/crowdsec";
 
-/// Requests refused for a wrong token.
-pub const AUTH_FAILURES: &str = "cerberus_admin_auth_failures_total";
-
 /// The largest request body accepted (413 above).
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -298,7 +295,7 @@ fn authorized(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Result<(),
     match given {
         Some(t) if same(t.as_bytes(), admin.token.as_bytes()) => Ok(()),
         Some(_) => {
-            metrics::counter!(AUTH_FAILURES).increment(1);
+            metrics::counter!(crate::metrics::ADMIN_AUTH_FAILURES).increment(1);
             Err(unauthorized("wrong admin token"))
         }
         None => Err(unauthorized(

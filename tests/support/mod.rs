@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod caddy;
+pub mod engine;
 pub mod lapi;
 
 use cerberus::config::{Config, Listen};

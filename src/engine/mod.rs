@@ -1,0 +1,3 @@
+//! The managed CrowdSec engine: its hub presets.
+
+pub mod hub;
