@@ -8,6 +8,7 @@
 //! - [`persist`]: SQLite in `data_dir`: decisions, settings, local overrides.
 //! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`)
 //!   and the HTTP endpoint for Caddy's `forward_auth`.
+//! - [`engine`]: the managed CrowdSec engine (run, watch, restart, stop `crowdsec`).
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod duration;
+pub mod engine;
 pub mod lapi;
 pub mod metrics;
 pub mod persist;

@@ -32,6 +32,11 @@ pub const SOCKET_BAD_FRAMES: &str = "cerberus_socket_bad_frames_total";
 /// forward_auth requests answered 400 because no usable client IP was found.
 pub const FORWARD_AUTH_NO_CLIENT_IP: &str = "cerberus_forward_auth_no_client_ip_total";
 
+/// 1 while the managed CrowdSec engine runs and its LAPI answered, else 0.
+pub const ENGINE_UP: &str = "cerberus_engine_up";
+/// Restarts of the managed CrowdSec engine after it died.
+pub const ENGINE_RESTARTS: &str = "cerberus_engine_restarts_total";
+
 /// Every name above, for tests and the exporter's descriptions.
 pub const ALL: &[&str] = &[
     LAPI_REQUESTS,
@@ -47,4 +52,6 @@ pub const ALL: &[&str] = &[
     SOCKET_REFUSED,
     SOCKET_BAD_FRAMES,
     FORWARD_AUTH_NO_CLIENT_IP,
+    ENGINE_UP,
+    ENGINE_RESTARTS,
 ];

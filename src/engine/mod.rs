@@ -1,0 +1,3 @@
+//! The managed CrowdSec engine (agent + LAPI) that cerberus can run itself.
+
+pub mod supervisor;
