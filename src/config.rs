@@ -59,7 +59,16 @@ const KEYS: &[(&str, Kind)] = &[
     ("lapi_max_body", Kind::Str),
     ("lapi_retry_max", Kind::Str),
     ("usage_metrics_interval", Kind::Str),
+    ("engine.enabled", Kind::Bool),
+    ("engine.crowdsec_bin", Kind::Str),
+    ("engine.cscli_bin", Kind::Str),
+    ("engine.config_file", Kind::Str),
+    ("engine.stop_grace", Kind::Str),
 ];
+
+/// Nested sections: `engine: {enabled: true}` is read as the key `engine.enabled`, and
+/// from the environment as `CERBERUS_ENGINE_ENABLED`.
+const SECTIONS: &[&str] = &["engine"];
 
 /// True for `127.0.0.1:P`, `[::1]:P`, `localhost:P`: addresses only this machine reaches.
 pub fn is_loopback(addr: &str) -> bool {
@@ -122,6 +131,33 @@ impl fmt::Display for Listen {
             Listen::Tcp(a) => write!(f, "{a}"),
             Listen::Unix(p) => write!(f, "unix:{}", p.display()),
             Listen::Off => write!(f, "off"),
+        }
+    }
+}
+
+/// The managed CrowdSec engine (section `engine:`), run by [`crate::engine::supervisor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Run `crowdsec` (agent and LAPI) and pull from its LAPI. Default false.
+    pub enabled: bool,
+    /// Default `/usr/bin/crowdsec`.
+    pub crowdsec_bin: PathBuf,
+    /// Default `/usr/bin/cscli`.
+    pub cscli_bin: PathBuf,
+    /// The engine's own config. Default `/etc/crowdsec/config.yaml`.
+    pub config_file: PathBuf,
+    /// SIGTERM to SIGKILL when stopping the engine. Default 10s.
+    pub stop_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            enabled: false,
+            crowdsec_bin: "/usr/bin/crowdsec".into(),
+            cscli_bin: "/usr/bin/cscli".into(),
+            config_file: "/etc/crowdsec/config.yaml".into(),
+            stop_grace: Duration::from_secs(10),
         }
     }
 }
@@ -193,6 +229,8 @@ pub struct Config {
     /// How often usage metrics are pushed to LAPI (`POST /v1/usage-metrics`); zero turns
     /// them off. Default 15m; LAPI mode only.
     pub usage_metrics_interval: Duration,
+    /// The managed CrowdSec engine (off by default).
+    pub engine: EngineConfig,
 }
 
 impl Default for Config {
@@ -234,6 +272,7 @@ impl Default for Config {
             lapi_max_body: 1 << 30,
             lapi_retry_max: Duration::from_secs(60),
             usage_metrics_interval: Duration::from_secs(15 * 60),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -272,7 +311,8 @@ impl Config {
                 continue;
             };
             let key = key.to_ascii_lowercase();
-            let Some(&(_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
+            // `engine.enabled` is CERBERUS_ENGINE_ENABLED.
+            let Some(&(key, kind)) = KEYS.iter().find(|(k, _)| k.replace('.', "_") == key) else {
                 continue;
             };
             let v = match kind {
@@ -286,7 +326,7 @@ impl Config {
                 ),
                 _ => Value::String(value.clone()),
             };
-            map.insert(Value::String(key), v);
+            map.insert(Value::String(key.into()), v);
         }
         Reader::new(map).finish()
     }
@@ -303,11 +343,36 @@ fn parse_yaml(text: &str) -> Result<Mapping, Vec<Problem>> {
         serde_yaml_ng::from_str(text).map_err(|e| problem(format!("invalid YAML: {e}")))?;
     match value {
         Value::Null => Ok(Mapping::new()),
-        Value::Mapping(m) => Ok(m),
+        Value::Mapping(m) => Ok(flatten_sections(m)),
         _ => Err(problem(
             "the config must be a YAML mapping of key: value".into(),
         )),
     }
+}
+
+/// `engine: {enabled: true}` becomes `engine.enabled: true`. A section that is not a
+/// mapping stays as it is (and is reported as such).
+fn flatten_sections(map: Mapping) -> Mapping {
+    let mut out = Mapping::new();
+    for (k, v) in map {
+        let section = k.as_str().filter(|name| SECTIONS.contains(name));
+        match (section, v) {
+            (Some(_), Value::Null) => {}
+            (Some(name), Value::Mapping(inner)) => {
+                for (ik, iv) in inner {
+                    let sub = match ik.as_str() {
+                        Some(sub) => sub.to_string(),
+                        None => format!("{ik:?}"),
+                    };
+                    out.insert(Value::String(format!("{name}.{sub}")), iv);
+                }
+            }
+            (_, v) => {
+                out.insert(k, v);
+            }
+        }
+    }
+    out
 }
 
 /// Reads typed values out of the mapping, collecting every problem.
@@ -458,6 +523,15 @@ impl Reader {
             }
         }
         for name in unknown {
+            if SECTIONS.contains(&name.as_str()) {
+                self.problem(
+                    &name,
+                    format!(
+                        "expected a section of key: value lines, e.g. {name}:\n  enabled: true"
+                    ),
+                );
+                continue;
+            }
             let hint = KEYS
                 .iter()
                 .map(|(k, _)| *k)
@@ -711,11 +785,61 @@ impl Reader {
                 ),
             }
         }
+        self.engine(&mut c);
         self.check_dirs(&c);
         if self.problems.is_empty() {
             Ok(c)
         } else {
             Err(self.problems)
+        }
+    }
+
+    /// The `engine` section; with the engine on, its binaries and config must be usable.
+    fn engine(&mut self, c: &mut Config) {
+        use crate::engine::supervisor::{read_engine_config, resolve_binary};
+        if let Some(v) = self.boolean("engine.enabled") {
+            c.engine.enabled = v;
+        }
+        if let Some(p) = self.path("engine.crowdsec_bin") {
+            c.engine.crowdsec_bin = p;
+        }
+        if let Some(p) = self.path("engine.cscli_bin") {
+            c.engine.cscli_bin = p;
+        }
+        if let Some(p) = self.path("engine.config_file") {
+            c.engine.config_file = p;
+        }
+        if let Some(d) = self.duration("engine.stop_grace") {
+            if d > Duration::from_secs(600) {
+                self.problem("engine.stop_grace", "must be at most 10m");
+            } else {
+                c.engine.stop_grace = d;
+            }
+        }
+        if !c.engine.enabled {
+            return;
+        }
+        for (key, path) in [
+            ("engine.crowdsec_bin", &c.engine.crowdsec_bin),
+            ("engine.cscli_bin", &c.engine.cscli_bin),
+        ] {
+            if let Err(e) = resolve_binary(path) {
+                self.problem(key, format!("{}: {e}", path.display()));
+            }
+        }
+        if let Err(e) = read_engine_config(&c.engine.config_file) {
+            self.problem(
+                "engine.config_file",
+                format!("{}: {e}", c.engine.config_file.display()),
+            );
+        }
+        if c.api_url.is_some() {
+            self.problem(
+                "api_url",
+                "engine.enabled is true, so cerberus pulls from the managed engine's LAPI \
+                 (api.server.listen_uri of engine.config_file) with a bouncer key of its own; \
+                 remove api_url and api_key, or set engine.enabled: false to use this LAPI",
+            );
         }
     }
 
@@ -974,6 +1098,125 @@ mod tests {
         )];
         let problems = Config::load_with_env(None, &env).unwrap_err();
         assert_eq!(problems[0].key, "socket_max_connections");
+    }
+
+    /// A usable engine config and executable stand-ins for the binaries, in `dir`.
+    fn engine_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let bins: Vec<PathBuf> = ["crowdsec", "cscli"]
+            .iter()
+            .map(|name| {
+                let p = dir.join(name);
+                std::fs::write(&p, "#!/bin/sh\n").unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+                p
+            })
+            .collect();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            "api:\n  client:\n    credentials_path: creds.yaml\n  server:\n    listen_uri: 127.0.0.1:8080\n",
+        )
+        .unwrap();
+        (bins[0].clone(), bins[1].clone(), config)
+    }
+
+    #[test]
+    fn engine_section_defaults_and_values() {
+        let c = load("").unwrap();
+        assert_eq!(c.engine, EngineConfig::default());
+        assert!(!c.engine.enabled);
+        assert_eq!(c.engine.stop_grace, Duration::from_secs(10));
+        // Off: the default paths need not exist.
+        let c = load("engine:\n  enabled: false\n  stop_grace: 3s\n").unwrap();
+        assert_eq!(c.engine.stop_grace, Duration::from_secs(3));
+
+        let dir = tempfile::tempdir().unwrap();
+        let (crowdsec, cscli, config) = engine_files(dir.path());
+        let c = load(&format!(
+            "engine:\n  enabled: true\n  crowdsec_bin: {}\n  cscli_bin: {}\n  config_file: {}\n",
+            crowdsec.display(),
+            cscli.display(),
+            config.display()
+        ))
+        .unwrap();
+        assert!(c.engine.enabled);
+        assert_eq!(c.engine.crowdsec_bin, crowdsec);
+        assert_eq!(c.engine.cscli_bin, cscli);
+        assert_eq!(c.engine.config_file, config);
+    }
+
+    #[test]
+    fn engine_keys_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crowdsec, cscli, config) = engine_files(dir.path());
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "engine:\n  enabled: false\n  stop_grace: 3s\n").unwrap();
+        let env: Vec<(String, String)> = [
+            ("CERBERUS_ENGINE_ENABLED", "true".to_string()),
+            (
+                "CERBERUS_ENGINE_CROWDSEC_BIN",
+                crowdsec.display().to_string(),
+            ),
+            ("CERBERUS_ENGINE_CSCLI_BIN", cscli.display().to_string()),
+            ("CERBERUS_ENGINE_CONFIG_FILE", config.display().to_string()),
+            ("CERBERUS_ENGINE_STOP_GRACE", "20s".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let c = Config::load_with_env(Some(&file), &env).unwrap();
+        assert!(c.engine.enabled);
+        assert_eq!(c.engine.crowdsec_bin, crowdsec);
+        assert_eq!(c.engine.config_file, config);
+        assert_eq!(c.engine.stop_grace, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn engine_problems_name_their_keys() {
+        let problems = load(
+            "api_url: http://127.0.0.1:8080\napi_key: k\n\
+             engine:\n  enabled: true\n  crowdsec_bin: /nonexistent/crowdsec\n  \
+             cscli_bin: /nonexistent/cscli\n  config_file: /nonexistent/config.yaml\n  \
+             stop_grace: forever\n  enable: true\n",
+        )
+        .unwrap_err();
+        let find = |key: &str| {
+            problems
+                .iter()
+                .find(|p| p.key == key)
+                .unwrap_or_else(|| panic!("{key} missing from {problems:?}"))
+                .message
+                .clone()
+        };
+        assert!(find("engine.crowdsec_bin").contains("/nonexistent/crowdsec: no such file"));
+        assert!(find("engine.cscli_bin").contains("/nonexistent/cscli"));
+        assert!(find("engine.config_file").contains("/nonexistent/config.yaml: cannot read it"));
+        assert!(find("engine.stop_grace").contains("forever"));
+        assert!(find("engine.enable").contains("did you mean engine.enabled?"));
+        assert!(find("api_url").contains("engine.enabled is true"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let (crowdsec, cscli, config) = engine_files(dir.path());
+        std::fs::write(&config, "api:\n  server:\n    listen_uri: nowhere\n").unwrap();
+        let problems = load(&format!(
+            "engine:\n  enabled: true\n  crowdsec_bin: {}\n  cscli_bin: {}\n  config_file: {}\n",
+            crowdsec.display(),
+            cscli.display(),
+            config.display()
+        ))
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "engine.config_file");
+        assert!(
+            problems[0].message.contains("listen_uri"),
+            "{}",
+            problems[0]
+        );
+
+        let problems = load("engine: yes\n").unwrap_err();
+        assert_eq!(problems[0].key, "engine");
+        assert!(problems[0].message.contains("section"), "{}", problems[0]);
     }
 
     #[test]

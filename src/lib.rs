@@ -11,7 +11,8 @@
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
-//! - [`engine`]: the managed CrowdSec engine: hub presets (browse, install, remove).
+//! - [`engine`]: the managed CrowdSec engine: its process (run, watch, restart, stop) and
+//!   hub presets (browse, install, remove).
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 

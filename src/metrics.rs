@@ -182,6 +182,18 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         "Hub preset operations by op (refresh, install, remove) and outcome (ok or the error kind).",
     ),
     (
+        ENGINE_UP,
+        Kind::Gauge,
+        Unit::Count,
+        "1 while the managed CrowdSec engine runs and answers; 0 otherwise.",
+    ),
+    (
+        ENGINE_RESTARTS,
+        Kind::Counter,
+        Unit::Count,
+        "Restarts of the managed CrowdSec engine after it died.",
+    ),
+    (
         ADMIN_AUTH_FAILURES,
         Kind::Counter,
         Unit::Count,
@@ -195,6 +207,11 @@ pub const ADMIN_AUTH_FAILURES: &str = "cerberus_admin_auth_failures_total";
 /// Hub preset operations by `op` (refresh, install, remove) and `outcome` (ok, or the
 /// error's kind: hub_unreachable, digest_mismatch, validation_failed, ...).
 pub const HUB_OPERATIONS: &str = "cerberus_hub_operations_total";
+
+/// 1 while the managed CrowdSec engine runs and its LAPI answered, else 0.
+pub const ENGINE_UP: &str = "cerberus_engine_up";
+/// Restarts of the managed CrowdSec engine after it died.
+pub const ENGINE_RESTARTS: &str = "cerberus_engine_restarts_total";
 
 /// Every name above, for tests and the exporter's descriptions.
 pub const ALL: &[&str] = &[
@@ -218,6 +235,8 @@ pub const ALL: &[&str] = &[
     USAGE_PUSHES,
     HUB_OPERATIONS,
     ADMIN_AUTH_FAILURES,
+    ENGINE_UP,
+    ENGINE_RESTARTS,
 ];
 
 /// Histogram buckets (seconds). A lookup takes well under a microsecond of cerberus'

@@ -1,3 +1,5 @@
-//! The managed CrowdSec engine: its hub presets.
+//! The managed CrowdSec engine (agent + LAPI) that cerberus can run itself: its process
+//! ([`supervisor`]) and its hub presets ([`hub`]).
 
 pub mod hub;
+pub mod supervisor;

@@ -1,0 +1,804 @@
+//! The managed CrowdSec engine, with Debian's crowdsec 1.4.6 (agent and LAPI): start,
+//! bouncer key, restart after a crash, stop (with SIGKILL escalation), reload, orphans,
+//! and clear errors. Fake `crowdsec` scripts are used only to inject faults.
+//!
+//! Each test runs its engine on its own loopback port with its config in a temporary
+//! directory; a guard kills every process still running that config when the test ends,
+//! passed or failed.
+
+mod support;
+
+use cerberus::engine::supervisor::{
+    EngineError, EngineSettings, EngineState, Supervisor, DEFAULT_BOUNCER_NAME, KEY_FILE,
+};
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+struct Bins {
+    crowdsec: PathBuf,
+    cscli: PathBuf,
+    /// The package's own files (profiles, patterns, plugins).
+    root: PathBuf,
+}
+
+/// Unpacks Debian's crowdsec package once (scripts/crowdsec-lapi.sh install).
+fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(repo.join("scripts/crowdsec-lapi.sh"))
+            .arg("install")
+            .output()
+            .expect("cannot run scripts/crowdsec-lapi.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "crowdsec-lapi.sh install failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let get = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("install printed no {key}: {stdout}"))
+        };
+        let crowdsec = get("CROWDSEC=");
+        let root = crowdsec
+            .ancestors()
+            .nth(3)
+            .expect("crowdsec is ROOT/usr/bin/crowdsec")
+            .to_path_buf();
+        Bins {
+            cscli: get("CSCLI="),
+            crowdsec,
+            root,
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    use rand::Rng;
+    // Below the ephemeral range, so no outgoing connection takes it meanwhile.
+    for _ in 0..100 {
+        let port = rand::thread_rng().gen_range(20000..32000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32000");
+}
+
+/// A CrowdSec engine config (agent + LAPI) in a temporary directory: no hub items, one
+/// file acquisition of type caddy on an empty log file.
+struct Engine {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    data_dir: PathBuf,
+    port: u16,
+}
+
+impl Engine {
+    fn new() -> Engine {
+        let bins = bins();
+        let dir = tempfile::Builder::new()
+            .prefix("cerberus-engine-")
+            .tempdir()
+            .unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let port = free_port();
+        let pkg = bins.root.join("etc/crowdsec");
+        for sub in ["config/acquis.d", "config/notifications", "data", "hub"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        // The 1.4.6 agent needs the hub index to have these sections, even empty
+        // ("no scenarios in hubIdx" otherwise); `{}` is enough only for -no-cs.
+        std::fs::write(
+            root.join("hub/.index.json"),
+            r#"{"parsers":{},"postoverflows":{},"scenarios":{},"collections":{}}"#,
+        )
+        .unwrap();
+        std::fs::copy(pkg.join("profiles.yaml"), root.join("profiles.yaml")).unwrap();
+        std::fs::copy(
+            pkg.join("simulation.yaml"),
+            root.join("config/simulation.yaml"),
+        )
+        .unwrap();
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(pkg.join("patterns"))
+            .arg(root.join("config/patterns"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot copy the grok patterns");
+        std::fs::write(root.join("access.log"), "").unwrap();
+        std::fs::write(
+            root.join("config/acquis.yaml"),
+            format!(
+                "filenames:\n  - {}\nlabels:\n  type: caddy\n",
+                root.join("access.log").display()
+            ),
+        )
+        .unwrap();
+        let r = root.display();
+        let plugins = bins.root.join("usr/lib/crowdsec/plugins");
+        let config = root.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "common:
+  daemonize: true
+  log_media: file
+  log_level: info
+  log_dir: {r}/
+  working_dir: .
+config_paths:
+  config_dir: {r}/config/
+  data_dir: {r}/data/
+  simulation_path: {r}/config/simulation.yaml
+  hub_dir: {r}/hub/
+  index_path: {r}/hub/.index.json
+  notification_dir: {r}/config/notifications/
+  plugin_dir: {plugins}/
+crowdsec_service:
+  acquisition_path: {r}/config/acquis.yaml
+  acquisition_dir: {r}/config/acquis.d
+  parser_routines: 1
+cscli:
+  output: human
+  color: \"no\"
+db_config:
+  log_level: info
+  type: sqlite
+  db_path: {r}/crowdsec.db
+  use_wal: true
+api:
+  client:
+    insecure_skip_verify: false
+    credentials_path: {r}/local_api_credentials.yaml
+  server:
+    log_level: info
+    listen_uri: 127.0.0.1:{port}
+    profiles_path: {r}/profiles.yaml
+    trusted_ips:
+      - 127.0.0.1
+prometheus:
+  enabled: false
+",
+                plugins = plugins.display()
+            ),
+        )
+        .unwrap();
+        Engine {
+            dir,
+            data_dir: root.join("cerberus-data"),
+            root,
+            config,
+            port,
+        }
+    }
+
+    fn settings(&self) -> EngineSettings {
+        let bins = bins();
+        let mut s = EngineSettings::new(&bins.crowdsec, &bins.cscli, &self.config, &self.data_dir);
+        s.stop_grace = Duration::from_secs(10);
+        s.health_timeout = Duration::from_secs(60);
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `cscli -c CONFIG ARGS`; panics with its output when it fails.
+    fn cscli(&self, args: &[&str]) -> String {
+        let out = Command::new(&bins().cscli)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cscli {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The engine's own log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("crowdsec.log")).unwrap_or_default()
+    }
+
+    /// A script in the engine dir (fault injection only).
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.root.join(name);
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.data_dir.join(KEY_FILE)
+    }
+
+    /// Processes (alive, not zombies) whose command line has `-c CONFIG`.
+    fn processes(&self) -> Vec<u32> {
+        let want = self.config.display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| alive(*pid))
+            .filter(|pid| {
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<String> = raw
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.windows(2).any(|w| w[0] == "-c" && w[1] == want)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Engine {
+    /// Whatever happened in the test, nothing of this engine is left running.
+    fn drop(&mut self) {
+        for pid in self.processes() {
+            eprintln!(
+                "engine guard: killing leftover pid {pid} of {}",
+                self.config.display()
+            );
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// Alive and not a zombie.
+fn alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks.
+    if unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn health_up(url: &str) -> bool {
+    match http().get(format!("{url}/health")).send().await {
+        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default().contains("up"),
+        _ => false,
+    }
+}
+
+async fn startup_stream(url: &str, key: &str) -> (u16, String) {
+    let r = http()
+        .get(format!("{url}/v1/decisions/stream?startup=true"))
+        .header("X-Api-Key", key)
+        .send()
+        .await
+        .expect("stream request");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+fn read_key(engine: &Engine) -> String {
+    std::fs::read_to_string(engine.key_file())
+        .expect("the key file")
+        .trim()
+        .to_string()
+}
+
+/// Bounds one async test.
+async fn bounded<F: Future<Output = ()>>(secs: u64, f: F) {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("test took longer than {secs}s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_creates_a_key_that_reads_the_decision_stream() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    bounded(180, async {
+        let sup = Supervisor::new(engine.settings()).unwrap();
+        assert_eq!(sup.lapi_url(), engine.url());
+        assert_eq!(sup.status().state, EngineState::Stopped);
+        let creds = sup
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}\n{}", engine.log()));
+        assert_eq!(creds.lapi_url, engine.url());
+        assert!(health_up(&engine.url()).await);
+        let status = sup.status();
+        assert_eq!(status.state, EngineState::Running);
+        let pid = status.pid.expect("a running engine has a pid");
+        assert!(alive(pid));
+        // Agent and LAPI in one process: no -no-cs.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(!String::from_utf8_lossy(&cmdline).contains("-no-cs"));
+        assert!(
+            engine.root.join("local_api_credentials.yaml").exists(),
+            "the agent's machine credentials were created"
+        );
+
+        let meta = std::fs::metadata(engine.key_file()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(read_key(&engine), creds.api_key);
+        let bouncers = engine.cscli(&["bouncers", "list", "-o", "json"]);
+        assert!(bouncers.contains(DEFAULT_BOUNCER_NAME), "{bouncers}");
+
+        engine.cscli(&[
+            "decisions",
+            "add",
+            "--ip",
+            "192.0.2.7",
+            "--duration",
+            "4h",
+            "--reason",
+            "test",
+        ]);
+        let (code, body) = startup_stream(&creds.lapi_url, &creds.api_key).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("192.0.2.7"), "{body}");
+
+        let text = logs.text();
+        assert!(
+            text.contains(&format!(
+                "[CROWDSEC_STARTUP] the CrowdSec engine is up at {}",
+                engine.url()
+            )),
+            "{text}"
+        );
+
+        sup.stop().await;
+        assert_eq!(sup.status().state, EngineState::Stopped);
+        assert!(!alive(pid), "pid {pid} still runs after stop");
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+        assert!(!health_up(&engine.url()).await);
+        assert!(
+            engine.log().contains("Crowdsec service shutting down"),
+            "stopped by a clean SIGTERM shutdown"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_is_reused_and_replaced_when_lapi_forgot_it() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    bounded(240, async {
+        let sup = Supervisor::new(engine.settings()).unwrap();
+        let first = sup.start().await.unwrap();
+        sup.stop().await;
+
+        let second = sup.start().await.unwrap();
+        assert_eq!(
+            second.api_key, first.api_key,
+            "the key in the file is reused"
+        );
+        assert_eq!(read_key(&engine), first.api_key);
+        assert_eq!(startup_stream(&engine.url(), &second.api_key).await.0, 200);
+
+        // An operator deletes the bouncer: the key in the file is now stale.
+        engine.cscli(&["bouncers", "delete", DEFAULT_BOUNCER_NAME]);
+        assert_eq!(startup_stream(&engine.url(), &first.api_key).await.0, 403);
+        sup.stop().await;
+
+        let third = sup.start().await.unwrap();
+        assert_ne!(third.api_key, first.api_key, "a stale key is replaced");
+        assert_eq!(read_key(&engine), third.api_key);
+        let meta = std::fs::metadata(engine.key_file()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(startup_stream(&engine.url(), &third.api_key).await.0, 200);
+        assert_eq!(startup_stream(&engine.url(), &first.api_key).await.0, 403);
+        assert_eq!(*sup.creds().borrow(), Some(third.clone()));
+        let text = logs.text();
+        assert!(text.contains("is no longer valid"), "{text}");
+        sup.stop().await;
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_engine_is_restarted() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    bounded(180, async {
+        let sup = Supervisor::new(engine.settings()).unwrap();
+        let creds = sup.start().await.unwrap();
+        let first = sup.status().pid.unwrap();
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+
+        eventually("the engine to be restarted", 120, || async {
+            let s = sup.status();
+            s.state == EngineState::Running && s.pid.is_some_and(|p| p != first)
+        })
+        .await;
+        let status = sup.status();
+        assert_eq!(status.restarts, 1);
+        let exit = status.last_exit.clone().expect("the death is recorded");
+        assert_eq!(exit.pid, first);
+        assert_eq!(exit.signal, Some(libc::SIGKILL));
+        assert_eq!(exit.status, "killed by signal 9 (SIGKILL)");
+        assert!(!alive(first));
+        assert!(health_up(&engine.url()).await);
+        assert_eq!(startup_stream(&engine.url(), &creds.api_key).await.0, 200);
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["restarts"], 1);
+        assert_eq!(json["last_exit"]["signal"], 9);
+        let text = logs.text();
+        assert!(
+            text.contains(&format!(
+                "the CrowdSec engine (pid {first}) died: killed by signal 9 (SIGKILL)"
+            )),
+            "{text}"
+        );
+
+        let second = status.pid.unwrap();
+        sup.stop().await;
+        assert!(!alive(second));
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    // The main process ignores SIGTERM; the real engine it runs is in its process group.
+    let wrapper = engine.script(
+        "crowdsec-ignoring-term",
+        &format!(
+            "#!/bin/bash\ntrap ':' TERM\n\"{}\" \"$@\" &\nwhile :; do sleep 0.2 & wait $!; done\n",
+            bins().crowdsec.display()
+        ),
+    );
+    bounded(120, async {
+        let mut settings = engine.settings();
+        settings.crowdsec_bin = wrapper.clone();
+        settings.stop_grace = Duration::from_secs(1);
+        let sup = Supervisor::new(settings).unwrap();
+        sup.start().await.unwrap_or_else(|e| panic!("start: {e}\n{}", engine.log()));
+        let leader = sup.status().pid.unwrap();
+        let group = engine.processes();
+        assert!(group.len() >= 2, "wrapper and engine: {group:?}");
+
+        sup.stop().await;
+        assert!(!alive(leader));
+        for pid in &group {
+            assert!(!alive(*pid), "pid {pid} of the group survived stop");
+        }
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+        let text = logs.text();
+        assert!(
+            text.contains(&format!(
+                "the CrowdSec engine (pid {leader}) did not stop within 1s of SIGTERM; sending SIGKILL"
+            )),
+            "{text}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_engine_running() {
+    let engine = Engine::new();
+    bounded(120, async {
+        let sup = Supervisor::new(engine.settings()).unwrap();
+        assert!(matches!(sup.reload().await, Err(EngineError::NotRunning)));
+        sup.start().await.unwrap();
+        let pid = sup.status().pid.unwrap();
+        sup.reload().await.unwrap();
+        eventually("the engine to log its reload", 60, || async {
+            engine.log().contains("Reload is finished")
+        })
+        .await;
+        assert!(engine.log().contains("SIGHUP received, reloading"));
+        let url = engine.url();
+        eventually("LAPI after the reload", 60, || health_up(&url)).await;
+        let status = sup.status();
+        assert_eq!(status.pid, Some(pid), "reloaded in place");
+        assert_eq!(status.state, EngineState::Running);
+        assert_eq!(status.restarts, 0);
+        sup.stop().await;
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_binaries_and_bad_configs_are_named() {
+    let engine = Engine::new();
+    let mut s = engine.settings();
+    s.crowdsec_bin = "/nonexistent/bin/crowdsec".into();
+    let e = Supervisor::new(s)
+        .err()
+        .expect("missing crowdsec")
+        .to_string();
+    assert!(
+        e.contains("/nonexistent/bin/crowdsec") && e.contains("engine.crowdsec_bin"),
+        "{e}"
+    );
+    assert!(e.contains("no such file"), "{e}");
+
+    let mut s = engine.settings();
+    s.cscli_bin = "/nonexistent/bin/cscli".into();
+    let e = Supervisor::new(s).err().expect("missing cscli").to_string();
+    assert!(
+        e.contains("/nonexistent/bin/cscli") && e.contains("engine.cscli_bin"),
+        "{e}"
+    );
+
+    let mut s = engine.settings();
+    s.config_file = engine.root.join("missing.yaml");
+    let e = Supervisor::new(s)
+        .err()
+        .expect("missing config")
+        .to_string();
+    assert!(
+        e.contains("missing.yaml") && e.contains("cannot read it"),
+        "{e}"
+    );
+
+    let bad = engine.root.join("bad.yaml");
+    std::fs::write(&bad, "api: [unclosed\n").unwrap();
+    let mut s = engine.settings();
+    s.config_file = bad.clone();
+    let e = Supervisor::new(s).err().expect("invalid YAML").to_string();
+    assert!(e.contains("bad.yaml") && e.contains("invalid YAML"), "{e}");
+
+    std::fs::write(&bad, "common:\n  daemonize: true\n").unwrap();
+    let mut s = engine.settings();
+    s.config_file = bad;
+    let e = Supervisor::new(s).err().expect("no LAPI").to_string();
+    assert!(
+        e.contains("bad.yaml") && e.contains("api.server.listen_uri is missing"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_that_exits_at_once_is_reported_with_its_output() {
+    let engine = Engine::new();
+    let fake = engine.script(
+        "crowdsec-exits",
+        "#!/bin/sh\necho \"fake crowdsec: reading $2\"\necho 'FATAL: fake engine cannot open its database' >&2\nexit 1\n",
+    );
+    bounded(60, async {
+        let mut settings = engine.settings();
+        settings.crowdsec_bin = fake.clone();
+        let sup = Supervisor::new(settings).unwrap();
+        let e = sup.start().await.expect_err("the engine exited");
+        assert!(matches!(e, EngineError::Exited { .. }), "{e:?}");
+        let text = e.to_string();
+        for part in [
+            fake.display().to_string(),
+            engine.config.display().to_string(),
+            "exit status 1".to_string(),
+            "FATAL: fake engine cannot open its database".to_string(),
+            "fake crowdsec: reading".to_string(),
+            engine.root.join("crowdsec.log").display().to_string(),
+        ] {
+            assert!(text.contains(&part), "{part:?} missing from: {text}");
+        }
+        let status = sup.status();
+        assert_eq!(status.state, EngineState::Failed);
+        assert!(status
+            .last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("exit status 1")));
+        // No restart loop after a failed start.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(sup.status().state, EngineState::Failed);
+        assert_eq!(sup.status().restarts, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_taken_by_another_process_is_reported() {
+    let engine = Engine::new();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", engine.port)).unwrap();
+    bounded(60, async {
+        let sup = Supervisor::new(engine.settings()).unwrap();
+        let e = sup.start().await.expect_err("port in use");
+        let text = e.to_string();
+        assert!(matches!(e, EngineError::PortInUse { .. }), "{text}");
+        assert!(
+            text.contains(&format!("127.0.0.1:{}", engine.port)),
+            "{text}"
+        );
+        assert!(text.contains("config.yaml"), "{text}");
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+    })
+    .await;
+}
+
+const HOST_CONFIG: &str = "CERBERUS_ENGINE_HOST_CONFIG";
+const HOST_DATA: &str = "CERBERUS_ENGINE_HOST_DATA";
+const HOST_CROWDSEC: &str = "CERBERUS_ENGINE_HOST_CROWDSEC";
+
+/// Runs in a child process of [`engine_dies_with_cerberus`]: starts an engine, prints its
+/// pid, and waits to be killed.
+#[test]
+#[ignore = "a helper process for the orphan tests; does nothing on its own"]
+fn orphan_host() {
+    let (Ok(config), Ok(data), Ok(crowdsec)) = (
+        std::env::var(HOST_CONFIG),
+        std::env::var(HOST_DATA),
+        std::env::var(HOST_CROWDSEC),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut settings = EngineSettings::new(crowdsec, &bins().cscli, config, data);
+        settings.stop_grace = Duration::from_secs(1);
+        let sup = Supervisor::new(settings).unwrap();
+        sup.start().await.unwrap();
+        println!("ENGINE_PID={}", sup.status().pid.unwrap());
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        sup.stop().await;
+    });
+}
+
+/// Kills the host process on drop.
+struct Host(std::process::Child);
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts [`orphan_host`] in a new process with `crowdsec`; returns it and its engine's pid.
+fn start_host(engine: &Engine, crowdsec: &Path) -> (Host, u32) {
+    let stderr = std::fs::File::create(engine.root.join("host.stderr")).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "orphan_host",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOST_CONFIG, &engine.config)
+        .env(HOST_DATA, &engine.data_dir)
+        .env(HOST_CROWDSEC, crowdsec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let host = Host(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest prints "test orphan_host ... " on the same line.
+            if let Some((_, pid)) = line.split_once("ENGINE_PID=") {
+                let _ = tx.send(pid.trim().parse::<u32>().unwrap());
+            }
+        }
+    });
+    let pid = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the host process did not start its engine:\n{}",
+                std::fs::read_to_string(engine.root.join("host.stderr")).unwrap_or_default()
+            )
+        });
+    (host, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_dies_with_cerberus() {
+    let engine = Engine::new();
+    bounded(180, async {
+        let (mut host, pid) = start_host(&engine, &bins().crowdsec);
+        assert!(alive(pid));
+        // cerberus dies without a chance to stop anything.
+        host.0.kill().unwrap();
+        host.0.wait().unwrap();
+        eventually("the orphaned engine to exit", 60, || async { !alive(pid) }).await;
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+        assert!(
+            engine.log().contains("Crowdsec service shutting down"),
+            "the engine got SIGTERM and shut down cleanly"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_engine_of_a_crashed_run_is_stopped_before_a_start() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    let wrapper = engine.script(
+        "crowdsec-ignoring-term",
+        &format!(
+            "#!/bin/bash\ntrap ':' TERM\n\"{}\" \"$@\" &\nwhile :; do sleep 0.2 & wait $!; done\n",
+            bins().crowdsec.display()
+        ),
+    );
+    bounded(240, async {
+        let (mut host, old) = start_host(&engine, &wrapper);
+        host.0.kill().unwrap();
+        host.0.wait().unwrap();
+        // The wrapper ignores the SIGTERM of PR_SET_PDEATHSIG: the engine outlives its host.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let left = engine.processes();
+        assert!(left.contains(&old), "{left:?} should still hold {old}");
+        assert!(health_up(&engine.url()).await);
+
+        let mut settings = engine.settings();
+        settings.stop_grace = Duration::from_secs(1);
+        let sup = Supervisor::new(settings).unwrap();
+        sup.start()
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}\n{}", engine.log()));
+        let new = sup.status().pid.unwrap();
+        for pid in left {
+            assert!(!alive(pid), "leftover pid {pid} still runs");
+        }
+        assert_eq!(engine.processes(), vec![new]);
+        let text = logs.text();
+        assert!(
+            text.contains(&format!(
+                "a CrowdSec engine from an earlier run still runs (process group {old}"
+            )),
+            "{text}"
+        );
+        sup.stop().await;
+        assert_eq!(engine.processes(), Vec::<u32>::new());
+    })
+    .await;
+}
