@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod caddy;
 pub mod engine;
+pub mod engine_env;
 pub mod lapi;
 
 use cerberus::config::{Config, Listen};
