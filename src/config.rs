@@ -64,6 +64,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("engine.cscli_bin", Kind::Str),
     ("engine.config_file", Kind::Str),
     ("engine.stop_grace", Kind::Str),
+    ("engine.hub_url", Kind::Str),
 ];
 
 /// Nested sections: `engine: {enabled: true}` is read as the key `engine.enabled`, and
@@ -148,6 +149,8 @@ pub struct EngineConfig {
     pub config_file: PathBuf,
     /// SIGTERM to SIGKILL when stopping the engine. Default 10s.
     pub stop_grace: Duration,
+    /// The hub index that presets come from. Default: the official hub.
+    pub hub_url: String,
 }
 
 impl Default for EngineConfig {
@@ -158,6 +161,7 @@ impl Default for EngineConfig {
             cscli_bin: "/usr/bin/cscli".into(),
             config_file: "/etc/crowdsec/config.yaml".into(),
             stop_grace: Duration::from_secs(10),
+            hub_url: crate::engine::hub::DEFAULT_HUB_URL.into(),
         }
     }
 }
@@ -278,9 +282,20 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Standalone unless an `api_url` is set.
+    /// Standalone unless an `api_url` is set or the engine is managed.
     pub fn standalone(&self) -> bool {
-        self.api_url.is_none()
+        self.api_url.is_none() && !self.engine.enabled
+    }
+
+    /// `standalone`, `lapi` (an external LAPI) or `engine` (the managed engine's LAPI).
+    pub fn mode(&self) -> &'static str {
+        if self.engine.enabled {
+            "engine"
+        } else if self.api_url.is_some() {
+            "lapi"
+        } else {
+            "standalone"
+        }
     }
 
     /// Loads from an optional file plus the process environment.
@@ -814,6 +829,16 @@ impl Reader {
                 self.problem("engine.stop_grace", "must be at most 10m");
             } else {
                 c.engine.stop_grace = d;
+            }
+        }
+        if let Some(url) = self.string("engine.hub_url") {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                c.engine.hub_url = url;
+            } else {
+                self.problem(
+                    "engine.hub_url",
+                    format!("{url:?} is not an http:// or https:// URL of a hub .index.json"),
+                );
             }
         }
         if !c.engine.enabled {

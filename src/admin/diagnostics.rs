@@ -48,8 +48,13 @@ fn ms(d: Duration) -> u64 {
 
 /// LAPI `/health`: `{"status": healthy|unhealthy|unreachable|not_configured, ...}`.
 async fn lapi_health(admin: &Admin) -> Value {
-    let Some(lapi) = &admin.lapi else {
-        return json!({"status": "not_configured", "detail": "standalone mode (no api_url)"});
+    let Some(lapi) = admin.lapi() else {
+        return match admin.engine {
+            Some(_) => {
+                json!({"status": "not_configured", "detail": "the managed engine is not running (protection is off, or it is starting)"})
+            }
+            None => json!({"status": "not_configured", "detail": "standalone mode (no api_url)"}),
+        };
     };
     let started = Instant::now();
     match tokio::time::timeout(PROBE_TIMEOUT, lapi.health()).await {
@@ -123,7 +128,7 @@ pub async fn status(admin: &Admin) -> Reply {
         }
     });
     let stats = &admin.stats;
-    let lapi = if admin.lapi.is_some() {
+    let lapi = if admin.lapi().is_some() {
         let last = stats.last_success_ms.load(Ordering::Relaxed);
         let (last_sync, age) = if last > 0 {
             (
@@ -134,7 +139,7 @@ pub async fn status(admin: &Admin) -> Reply {
             (None, None)
         };
         json!({
-            "url": admin.config.api_url,
+            "url": admin.lapi().map(|c| c.url().to_string()),
             "health": lapi_health(admin).await,
             "last_sync": last_sync,
             "last_sync_age_seconds": age,
@@ -145,7 +150,7 @@ pub async fn status(admin: &Admin) -> Reply {
             "last_error": stats.last_error(),
             "failing": stats.failing(),
             "outage_policy_active": admin.decider.outage().map(|p| format!("{p:?}").to_lowercase()),
-            "watcher": admin.watcher.is_some(),
+            "watcher": admin.watcher().is_some(),
         })
     } else {
         Value::Null
@@ -159,6 +164,10 @@ pub async fn status(admin: &Admin) -> Reply {
             "ready": admin.ready.get(),
             "uptime_seconds": admin.started.elapsed().as_secs(),
             "lapi": lapi,
+            "engine": admin.engine.as_ref().map(|e| json!({
+                "wanted": e.wanted(),
+                "status": e.supervisor.status(),
+            })),
             "decisions": {"total": total, "by_origin": by_origin},
             "snapshot": {"generation": snap.generation(), "held": snap.len()},
             "lookups": admin.decider.lookups(),
@@ -229,7 +238,7 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
         .fix("start CrowdSec (`systemctl start crowdsec`), check api_url and that LAPI listens there (`cscli lapi status`); cerberus keeps enforcing what it knows meanwhile"),
     });
 
-    if admin.lapi.is_some() {
+    if admin.lapi().is_some() {
         let stats = &admin.stats;
         let what = if c.api_key.is_some() {
             "bouncer key"
@@ -249,7 +258,7 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
         });
     }
 
-    out.push(match (&admin.watcher, admin.lapi.is_some()) {
+    out.push(match (admin.watcher(), admin.lapi().is_some()) {
         (Some(w), _) => match tokio::time::timeout(PROBE_TIMEOUT, w.check_login()).await {
             Ok(Ok(())) => Check::new("watcher", "ok", "machine login accepted: unban and ban reach every bouncer through LAPI"),
             Ok(Err(crate::lapi::watcher::WatcherError::LoginRefused(code))) => Check::new(

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod caddy;
 pub mod engine;
 pub mod lapi;
+pub mod managed_engine;
 
 use cerberus::config::{Config, Listen};
 use std::io::Write;
