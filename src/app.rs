@@ -87,8 +87,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Expired decisions and overrides were skipped above; drop them from disk too.
     persist.purge(clock::now_secs_precise());
     let stats = Arc::new(SyncStats::default());
+    let console = crate::console::Console::from_config(&config)?.map(Arc::new);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(c) = &console {
+        tasks.push(tokio::spawn(c.clone().run_poller(shutdown_rx.clone())));
+    }
     let (control, commands) = Control::channel();
     if !overrides.is_empty() {
         info!(
@@ -169,6 +173,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             token.clone(),
         )?;
         state.socket_addr = Some(socket_addr.clone());
+        state.console = console.clone();
         let adm = admin::start(Arc::new(state), shutdown_rx.clone()).await?;
         anyhow::Ok((socket_addr, fa, adm, token))
     };

@@ -11,6 +11,7 @@
 //! The routes are listed once in [`ROUTES`]; the OpenAPI document (`docs/admin-api.yaml`)
 //! is checked against them and against the running server by a test.
 
+mod console;
 mod decisions;
 mod diagnostics;
 
@@ -62,6 +63,9 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/ban", true),
     ("GET", "/diagnostics/connectivity", true),
     ("GET", "/diagnostics/config", true),
+    ("POST", "/console/enroll", true),
+    ("GET", "/console/status", true),
+    ("POST", "/console/heartbeat", true),
 ];
 
 /// What the handlers share.
@@ -81,6 +85,8 @@ pub struct Admin {
     /// Where the doors listen, for `/status` and the diagnostics.
     pub socket_addr: Option<String>,
     pub started: Instant,
+    /// Console enrollment and heartbeats; `None` without an engine config.
+    pub console: Option<Arc<crate::console::Console>>,
     token: String,
     countries: decisions::Countries,
 }
@@ -130,6 +136,7 @@ impl Admin {
             http,
             socket_addr: None,
             started: Instant::now(),
+            console: None,
             token,
             countries: decisions::Countries::default(),
         })
@@ -423,6 +430,9 @@ async fn route(
         },
         ("GET", "/diagnostics/connectivity") => diagnostics::connectivity(admin).await,
         ("GET", "/diagnostics/config") => diagnostics::config(admin).await,
+        ("POST", "/console/enroll") => console::enroll(admin, req).await,
+        ("GET", "/console/status") => console::status(admin),
+        ("POST", "/console/heartbeat") => console::heartbeat(admin).await,
         _ => {
             let allowed: Vec<&str> = ROUTES
                 .iter()
