@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod caddy;
+pub mod capi;
 pub mod lapi;
 
 use cerberus::config::{Config, Listen};
