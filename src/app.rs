@@ -92,8 +92,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Expired decisions and overrides were skipped above; drop them from disk too.
     persist.purge(clock::now_secs_precise());
     let stats = Arc::new(SyncStats::default());
+    let console = crate::console::Console::from_config(&config)?.map(Arc::new);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(c) = &console {
+        tasks.push(tokio::spawn(c.clone().run_poller(shutdown_rx.clone())));
+    }
     let (control, commands) = Control::channel();
     if !overrides.is_empty() {
         info!(
@@ -221,6 +225,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             state.hub = Some(hub_for(&config, e)?);
         }
         state.engine = engine.clone();
+        state.console = console.clone();
         let adm = admin::start(Arc::new(state), shutdown_rx.clone()).await?;
         anyhow::Ok((socket_addr, fa, adm, token))
     };

@@ -171,6 +171,7 @@ pub async fn status(admin: &Admin) -> Reply {
             "decisions": {"total": total, "by_origin": by_origin},
             "snapshot": {"generation": snap.generation(), "held": snap.len()},
             "lookups": admin.decider.lookups(),
+            "console": admin.console.as_ref().map(|c| c.summary()),
             "rejected_decisions": stats.rejected.load(Ordering::Relaxed),
             "filtered_decisions": stats.filtered.load(Ordering::Relaxed),
             "listeners": {
@@ -280,6 +281,7 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
         (None, false) => Check::new("watcher", "skip", "standalone mode: no LAPI to write to"),
     });
 
+    out.extend(console_checks(admin));
     out.push(socket_check(admin));
     out.push(data_dir_check(c));
     out.push(if admin.decider.enabled() {
@@ -289,6 +291,55 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
             .fix("POST /api/v1/cerberus/crowdsec/enable when it should protect again")
     });
     out
+}
+
+/// `console` (the enrollment) and `heartbeat` (the last one, as the poller left it).
+fn console_checks(admin: &Admin) -> [Check; 2] {
+    use crate::console::EnrollState;
+    let Some(console) = &admin.console else {
+        let why =
+            "no engine config (console_engine_config): console enrollment and heartbeats are off";
+        return [
+            Check::new("console", "skip", why),
+            Check::new("heartbeat", "skip", why),
+        ];
+    };
+    let status = console.status();
+    let reason = status["reason"].as_str().unwrap_or("").to_string();
+    let enroll = match console.state() {
+        EnrollState::Enrolled => Check::new(
+            "console",
+            "ok",
+            format!(
+                "enrolled in the CrowdSec console{}",
+                status["enrolled_at"].as_str().map(|t| format!(" ({t})")).unwrap_or_default()
+            ),
+        ),
+        EnrollState::Enrolling => Check::new("console", "ok", "an enrollment is running"),
+        EnrollState::NotEnrolled => Check::new("console", "warn", "the engine is not enrolled in the CrowdSec console")
+            .fix("POST /api/v1/cerberus/crowdsec/console/enroll {\"enrollment_key\": \"...\"} with the key from app.crowdsec.net"),
+        EnrollState::Failed => Check::new("console", "fail", format!("the last enrollment failed: {reason}"))
+            .fix("follow the advice in the reason, then enroll again (POST /api/v1/cerberus/crowdsec/console/enroll)"),
+    };
+    let interval = console.settings().heartbeat_interval;
+    let heartbeat = match console.last_heartbeat() {
+        Some(hb) if hb.ok => Check::new(
+            "heartbeat",
+            "ok",
+            format!("the central API accepted the engine's heartbeat at {} ({} ms)", hb.at, hb.latency_ms),
+        ),
+        Some(hb) => Check::new(
+            "heartbeat",
+            "fail",
+            format!("the last heartbeat ({}) failed: {}", hb.at, hb.error.unwrap_or_default()),
+        )
+        .fix("fix what the error names, then POST /api/v1/cerberus/crowdsec/console/heartbeat to check at once"),
+        None if interval.is_zero() => Check::new("heartbeat", "warn", "no heartbeat yet and the poller is off (heartbeat_interval: 0s)")
+            .fix("POST /api/v1/cerberus/crowdsec/console/heartbeat to check the engine's standing now"),
+        None => Check::new("heartbeat", "warn", "no heartbeat has finished yet (the poller sends one at start)")
+            .fix("wait a few seconds, or POST /api/v1/cerberus/crowdsec/console/heartbeat"),
+    };
+    [enroll, heartbeat]
 }
 
 fn socket_check(admin: &Admin) -> Check {

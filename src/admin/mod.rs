@@ -11,6 +11,7 @@
 //! The routes are listed once in [`ROUTES`]; the OpenAPI document (`docs/admin-api.yaml`)
 //! is checked against them and against the running server by a test.
 
+mod console;
 mod decisions;
 mod diagnostics;
 mod hub;
@@ -65,6 +66,9 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/hub/presets", true),
     ("POST", "/hub/presets/install", true),
     ("POST", "/hub/presets/remove", true),
+    ("POST", "/console/enroll", true),
+    ("GET", "/console/status", true),
+    ("POST", "/console/heartbeat", true),
 ];
 
 /// What the handlers share.
@@ -86,6 +90,8 @@ pub struct Admin {
     /// Where the doors listen, for `/status` and the diagnostics.
     pub socket_addr: Option<String>,
     pub started: Instant,
+    /// Console enrollment and heartbeats; `None` without an engine config.
+    pub console: Option<Arc<crate::console::Console>>,
     token: String,
     countries: decisions::Countries,
 }
@@ -120,6 +126,7 @@ impl Admin {
             http,
             socket_addr: None,
             started: Instant::now(),
+            console: None,
             token,
             countries: decisions::Countries::default(),
         })
@@ -428,6 +435,9 @@ async fn route(
             Ok(body) => hub::change(admin, &body, false).await,
             Err(e) => e.into(),
         },
+        ("POST", "/console/enroll") => console::enroll(admin, req).await,
+        ("GET", "/console/status") => console::status(admin),
+        ("POST", "/console/heartbeat") => console::heartbeat(admin).await,
         _ => {
             let allowed: Vec<&str> = ROUTES
                 .iter()

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod caddy;
+pub mod capi;
 pub mod engine;
 pub mod lapi;
 pub mod managed_engine;
