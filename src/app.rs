@@ -6,8 +6,13 @@ use crate::admin::{self, Admin};
 use crate::clock;
 use crate::config::Config;
 use crate::control::{self, Control, Owner};
+use crate::engine::hub::{EngineLayout, Hub, HubOptions};
+use crate::engine::managed::{self, EngineControl};
+use crate::engine::supervisor::{EngineSettings, Supervisor};
 use crate::lapi::sync::{SyncSettings, SyncStats, Syncer};
+use crate::lapi::watcher::Watcher;
 use crate::lapi::LapiClient;
+use crate::lapi::Upstream;
 use crate::persist::Db;
 use crate::persist::Persister;
 use crate::serve::forward_auth;
@@ -87,8 +92,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Expired decisions and overrides were skipped above; drop them from disk too.
     persist.purge(clock::now_secs_precise());
     let stats = Arc::new(SyncStats::default());
+    let console = crate::console::Console::from_config(&config)?.map(Arc::new);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(c) = &console {
+        tasks.push(tokio::spawn(c.clone().run_poller(shutdown_rx.clone())));
+    }
     let (control, commands) = Control::channel();
     if !overrides.is_empty() {
         info!(
@@ -98,36 +107,78 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let owner = Owner::new(writer, persist.clone(), overrides, &snap);
 
-    if config.standalone() {
-        info!(
-            "[CROWDSEC_STARTUP] standalone mode (no api_url): decisions come only from the admin API and live in {}",
-            config.data_dir.display()
-        );
-        tasks.push(tokio::spawn(control::run_standalone(
-            owner,
-            commands,
-            shutdown_rx.clone(),
-        )));
-    } else {
-        let client = LapiClient::new(&config)?;
-        if !config.usage_metrics_interval.is_zero() {
-            let usage = crate::usage::run(
-                client.clone(),
-                decider.clone(),
-                config.usage_metrics_interval,
-                shutdown_rx.clone(),
+    // Where decisions come from: nothing (standalone), a fixed LAPI, or the managed engine.
+    let (upstream_tx, upstream_rx) = watch::channel(Upstream::default());
+    let mut engine = None;
+    match config.mode() {
+        "standalone" => {
+            info!(
+                "[CROWDSEC_STARTUP] standalone mode (no api_url): decisions come only from the admin API and live in {}",
+                config.data_dir.display()
             );
-            tasks.push(tokio::spawn(usage));
+            tasks.push(tokio::spawn(control::run_standalone(
+                owner,
+                commands,
+                shutdown_rx.clone(),
+            )));
         }
-        let syncer = Syncer::new(
-            client,
-            owner,
-            decider.clone(),
-            stats.clone(),
-            SyncSettings::from_config(&config),
-            commands,
-        );
-        tasks.push(tokio::spawn(syncer.run(shutdown_rx.clone())));
+        mode => {
+            if mode == "lapi" {
+                let client = LapiClient::new(&config)?;
+                let watcher = match (&config.machine_id, &config.machine_password) {
+                    (Some(id), Some(pw)) => Some(Arc::new(Watcher::new(
+                        LapiClient::plain_http(&config)?,
+                        client.url(),
+                        id,
+                        pw,
+                    ))),
+                    _ => None,
+                };
+                if !config.usage_metrics_interval.is_zero() {
+                    let usage = crate::usage::run(
+                        client.clone(),
+                        decider.clone(),
+                        config.usage_metrics_interval,
+                        shutdown_rx.clone(),
+                    );
+                    tasks.push(tokio::spawn(usage));
+                }
+                upstream_tx.send_replace(Upstream {
+                    client: Some(client),
+                    watcher,
+                });
+            } else {
+                let sup = Arc::new(Supervisor::new(EngineSettings::from_config(&config))?);
+                let on = decider.enabled();
+                info!(
+                    "[CROWDSEC_STARTUP] engine mode: cerberus runs the CrowdSec engine ({}){}",
+                    config.engine.config_file.display(),
+                    if on {
+                        ""
+                    } else {
+                        "; protection is off, so it stays stopped"
+                    }
+                );
+                let (handle, task) = managed::spawn(
+                    config.clone(),
+                    sup,
+                    on,
+                    upstream_tx.clone(),
+                    shutdown_rx.clone(),
+                );
+                tasks.push(task);
+                engine = Some(handle);
+            }
+            let syncer = Syncer::new(
+                upstream_rx.clone(),
+                owner,
+                decider.clone(),
+                stats.clone(),
+                SyncSettings::from_config(&config),
+                commands,
+            );
+            tasks.push(tokio::spawn(syncer.run(shutdown_rx.clone())));
+        }
     }
     // The doors. A failure here stops what was started before returning the error.
     let ready = Readiness::new(config.standalone() || !snap.is_empty(), stats.clone());
@@ -167,8 +218,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             running.persist.clone(),
             ready.clone(),
             token.clone(),
+            upstream_rx.clone(),
         )?;
         state.socket_addr = Some(socket_addr.clone());
+        if let Some(e) = &engine {
+            state.hub = Some(hub_for(&config, e)?);
+        }
+        state.engine = engine.clone();
+        state.console = console.clone();
         let adm = admin::start(Arc::new(state), shutdown_rx.clone()).await?;
         anyhow::Ok((socket_addr, fa, adm, token))
     };
@@ -223,6 +280,30 @@ impl Running {
         .await;
         info!("cerberus stopped");
     }
+}
+
+/// The hub presets of the managed engine; installs reload it.
+fn hub_for(config: &Config, engine: &Arc<EngineControl>) -> anyhow::Result<Hub> {
+    let layout =
+        EngineLayout::from_engine_config(&config.engine.config_file, &config.engine.crowdsec_bin)
+            .map_err(|e| anyhow::anyhow!("engine.config_file: {e}"))?;
+    let sup = engine.supervisor.clone();
+    let rt = tokio::runtime::Handle::current();
+    let reload = move || rt.block_on(sup.reload()).map_err(|e| e.to_string());
+    let opts = HubOptions {
+        reload: Some(Arc::new(reload)),
+        ..HubOptions::default()
+    };
+    let http = reqwest::Client::builder()
+        .user_agent(crate::lapi::USER_AGENT)
+        .build()?;
+    Ok(Hub::with_options(
+        &config.engine.hub_url,
+        &config.data_dir.join("hub"),
+        layout,
+        http,
+        opts,
+    )?)
 }
 
 /// Runs until `shutdown` completes (SIGINT or SIGTERM in `main`).

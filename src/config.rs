@@ -64,6 +64,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("engine.cscli_bin", Kind::Str),
     ("engine.config_file", Kind::Str),
     ("engine.stop_grace", Kind::Str),
+    ("engine.hub_url", Kind::Str),
+    ("console_engine_config", Kind::Str),
+    ("console_cscli_bin", Kind::Str),
+    ("heartbeat_interval", Kind::Str),
 ];
 
 /// Nested sections: `engine: {enabled: true}` is read as the key `engine.enabled`, and
@@ -78,6 +82,8 @@ pub fn is_loopback(addr: &str) -> bool {
     addr.rsplit_once(':')
         .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
+/// Shortest non-zero `heartbeat_interval`.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest non-zero `usage_metrics_interval` (LAPI aggregates windows of minutes).
 const MIN_USAGE_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -148,6 +154,8 @@ pub struct EngineConfig {
     pub config_file: PathBuf,
     /// SIGTERM to SIGKILL when stopping the engine. Default 10s.
     pub stop_grace: Duration,
+    /// The hub index that presets come from. Default: the official hub.
+    pub hub_url: String,
 }
 
 impl Default for EngineConfig {
@@ -158,6 +166,7 @@ impl Default for EngineConfig {
             cscli_bin: "/usr/bin/cscli".into(),
             config_file: "/etc/crowdsec/config.yaml".into(),
             stop_grace: Duration::from_secs(10),
+            hub_url: crate::engine::hub::DEFAULT_HUB_URL.into(),
         }
     }
 }
@@ -231,6 +240,14 @@ pub struct Config {
     pub usage_metrics_interval: Duration,
     /// The managed CrowdSec engine (off by default).
     pub engine: EngineConfig,
+    /// The CrowdSec engine's `config.yaml` for console enrollment and heartbeats; `None`
+    /// turns the console routes off (they answer 409).
+    pub console_engine_config: Option<PathBuf>,
+    /// The engine's cscli, run for `console enroll`. Default `cscli` (from `PATH`).
+    pub console_cscli_bin: PathBuf,
+    /// How often the heartbeat poller checks the engine with the central API; zero
+    /// turns the poller off. Default 5m.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for Config {
@@ -273,14 +290,28 @@ impl Default for Config {
             lapi_retry_max: Duration::from_secs(60),
             usage_metrics_interval: Duration::from_secs(15 * 60),
             engine: EngineConfig::default(),
+            console_engine_config: None,
+            console_cscli_bin: PathBuf::from("cscli"),
+            heartbeat_interval: Duration::from_secs(5 * 60),
         }
     }
 }
 
 impl Config {
-    /// Standalone unless an `api_url` is set.
+    /// Standalone unless an `api_url` is set or the engine is managed.
     pub fn standalone(&self) -> bool {
-        self.api_url.is_none()
+        self.api_url.is_none() && !self.engine.enabled
+    }
+
+    /// `standalone`, `lapi` (an external LAPI) or `engine` (the managed engine's LAPI).
+    pub fn mode(&self) -> &'static str {
+        if self.engine.enabled {
+            "engine"
+        } else if self.api_url.is_some() {
+            "lapi"
+        } else {
+            "standalone"
+        }
     }
 
     /// Loads from an optional file plus the process environment.
@@ -786,6 +817,25 @@ impl Reader {
             }
         }
         self.engine(&mut c);
+        c.console_engine_config = self.path("console_engine_config");
+        let engine = c.console_engine_config.clone();
+        self.readable_file("console_engine_config", &engine);
+        if let Some(bin) = self.path("console_cscli_bin") {
+            c.console_cscli_bin = bin;
+        }
+        if let Some(text) = self.string("heartbeat_interval") {
+            match parse_config_duration(&text) {
+                Ok(d) if d.is_zero() || d >= MIN_HEARTBEAT_INTERVAL => c.heartbeat_interval = d,
+                Ok(_) => self.problem(
+                    "heartbeat_interval",
+                    "must be at least 1s (minutes for the real central API), or 0s for no poller",
+                ),
+                Err(e) => self.problem(
+                    "heartbeat_interval",
+                    format!("{e}; 0s turns the heartbeat poller off"),
+                ),
+            }
+        }
         self.check_dirs(&c);
         if self.problems.is_empty() {
             Ok(c)
@@ -814,6 +864,16 @@ impl Reader {
                 self.problem("engine.stop_grace", "must be at most 10m");
             } else {
                 c.engine.stop_grace = d;
+            }
+        }
+        if let Some(url) = self.string("engine.hub_url") {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                c.engine.hub_url = url;
+            } else {
+                self.problem(
+                    "engine.hub_url",
+                    format!("{url:?} is not an http:// or https:// URL of a hub .index.json"),
+                );
             }
         }
         if !c.engine.enabled {
@@ -956,6 +1016,22 @@ mod tests {
             assert_eq!(problems[0].key, "usage_metrics_interval");
             assert!(problems[0].message.contains(says), "{}", problems[0]);
         }
+    }
+
+    #[test]
+    fn console_keys() {
+        let c = load("").unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(300));
+        assert_eq!(c.console_engine_config, None);
+        assert_eq!(c.console_cscli_bin, PathBuf::from("cscli"));
+        let c = load("heartbeat_interval: 0s\nconsole_cscli_bin: /usr/bin/cscli\n").unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::ZERO);
+        assert_eq!(c.console_cscli_bin, PathBuf::from("/usr/bin/cscli"));
+        let problems =
+            load("heartbeat_interval: 500ms\nconsole_engine_config: /nonexistent/config.yaml\n")
+                .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["console_engine_config", "heartbeat_interval"]);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
 //! - [`engine`]: the managed CrowdSec engine: its process (run, watch, restart, stop) and
 //!   hub presets (browse, install, remove).
+//! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
+//!   heartbeat poller.
 //! - [`app`]: wires the parts together under one shutdown signal.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
@@ -21,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod decision;
 pub mod duration;

@@ -57,6 +57,13 @@ pub const FORWARD_AUTH_NO_CLIENT_IP: &str = "cerberus_forward_auth_no_client_ip_
 /// Pushes of usage metrics to LAPI by `outcome` (ok, not_found, connect, timeout,
 /// status_4xx, status_5xx, other).
 pub const USAGE_PUSHES: &str = "cerberus_usage_metrics_push_total";
+/// Console enrollments by `outcome` (enrolled, already_enrolled, expired_key,
+/// invalid_key, unauthorized, unreachable, server_error, engine_config, other).
+pub const CONSOLE_ENROLLMENTS: &str = "cerberus_console_enrollments_total";
+/// Heartbeats to the central API by `outcome` (ok, failed).
+pub const CONSOLE_HEARTBEATS: &str = "cerberus_console_heartbeats_total";
+/// 1 when the last heartbeat to the central API succeeded, else 0.
+pub const CONSOLE_HEARTBEAT_OK: &str = "cerberus_console_heartbeat_ok";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -199,6 +206,24 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Unit::Count,
         "Admin API requests refused for a wrong token.",
     ),
+    (
+        CONSOLE_ENROLLMENTS,
+        Kind::Counter,
+        Unit::Count,
+        "CrowdSec console enrollments by outcome (enrolled, already_enrolled, expired_key, invalid_key, unauthorized, unreachable, server_error, engine_config, other).",
+    ),
+    (
+        CONSOLE_HEARTBEATS,
+        Kind::Counter,
+        Unit::Count,
+        "Heartbeats to the CrowdSec central API by outcome (ok, failed).",
+    ),
+    (
+        CONSOLE_HEARTBEAT_OK,
+        Kind::Gauge,
+        Unit::Count,
+        "1 when the last heartbeat to the CrowdSec central API succeeded, else 0.",
+    ),
 ];
 
 /// Admin API requests refused for a wrong token.
@@ -237,6 +262,9 @@ pub const ALL: &[&str] = &[
     ADMIN_AUTH_FAILURES,
     ENGINE_UP,
     ENGINE_RESTARTS,
+    CONSOLE_ENROLLMENTS,
+    CONSOLE_HEARTBEATS,
+    CONSOLE_HEARTBEAT_OK,
 ];
 
 /// Histogram buckets (seconds). A lookup takes well under a microsecond of cerberus'

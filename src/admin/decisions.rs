@@ -39,7 +39,7 @@ pub struct Countries {
 
 impl Countries {
     async fn get(&self, admin: &Admin, wanted: &[i64]) -> Option<CountryMap> {
-        let watcher = admin.watcher.as_ref()?;
+        let watcher = admin.watcher()?;
         let mut cached = self.cached.lock().await;
         if let Some((at, map)) = cached.as_ref() {
             let complete = wanted.iter().all(|id| map.contains_key(id));
@@ -298,7 +298,7 @@ pub async fn unban(admin: &Admin, body: &Value) -> Reply {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
     };
-    let lapi = match &admin.watcher {
+    let lapi = match admin.watcher() {
         None => None,
         Some(w) => Some(w.delete(target).await.map_err(|e| e.to_string())),
     };
@@ -338,7 +338,7 @@ pub async fn delete(admin: &Admin, id: &str) -> Reply {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
     };
     // Negative ids are cerberus's own (standalone); LAPI never saw them.
-    let lapi = match &admin.watcher {
+    let lapi = match admin.watcher() {
         Some(w) if id >= 0 => Some(w.delete_id(id).await.map_err(|e| e.to_string())),
         _ => None,
     };
@@ -444,7 +444,7 @@ pub async fn ban(admin: &Admin, body: &Value) -> Reply {
             }),
         );
     }
-    let Some(watcher) = &admin.watcher else {
+    let Some(watcher) = admin.watcher() else {
         return error(
             StatusCode::CONFLICT,
             "cerberus syncs from LAPI but has no watcher credentials: a bouncer key cannot create decisions. \

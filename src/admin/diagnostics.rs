@@ -48,8 +48,13 @@ fn ms(d: Duration) -> u64 {
 
 /// LAPI `/health`: `{"status": healthy|unhealthy|unreachable|not_configured, ...}`.
 async fn lapi_health(admin: &Admin) -> Value {
-    let Some(lapi) = &admin.lapi else {
-        return json!({"status": "not_configured", "detail": "standalone mode (no api_url)"});
+    let Some(lapi) = admin.lapi() else {
+        return match admin.engine {
+            Some(_) => {
+                json!({"status": "not_configured", "detail": "the managed engine is not running (protection is off, or it is starting)"})
+            }
+            None => json!({"status": "not_configured", "detail": "standalone mode (no api_url)"}),
+        };
     };
     let started = Instant::now();
     match tokio::time::timeout(PROBE_TIMEOUT, lapi.health()).await {
@@ -123,7 +128,7 @@ pub async fn status(admin: &Admin) -> Reply {
         }
     });
     let stats = &admin.stats;
-    let lapi = if admin.lapi.is_some() {
+    let lapi = if admin.lapi().is_some() {
         let last = stats.last_success_ms.load(Ordering::Relaxed);
         let (last_sync, age) = if last > 0 {
             (
@@ -134,7 +139,7 @@ pub async fn status(admin: &Admin) -> Reply {
             (None, None)
         };
         json!({
-            "url": admin.config.api_url,
+            "url": admin.lapi().map(|c| c.url().to_string()),
             "health": lapi_health(admin).await,
             "last_sync": last_sync,
             "last_sync_age_seconds": age,
@@ -145,7 +150,7 @@ pub async fn status(admin: &Admin) -> Reply {
             "last_error": stats.last_error(),
             "failing": stats.failing(),
             "outage_policy_active": admin.decider.outage().map(|p| format!("{p:?}").to_lowercase()),
-            "watcher": admin.watcher.is_some(),
+            "watcher": admin.watcher().is_some(),
         })
     } else {
         Value::Null
@@ -159,9 +164,14 @@ pub async fn status(admin: &Admin) -> Reply {
             "ready": admin.ready.get(),
             "uptime_seconds": admin.started.elapsed().as_secs(),
             "lapi": lapi,
+            "engine": admin.engine.as_ref().map(|e| json!({
+                "wanted": e.wanted(),
+                "status": e.supervisor.status(),
+            })),
             "decisions": {"total": total, "by_origin": by_origin},
             "snapshot": {"generation": snap.generation(), "held": snap.len()},
             "lookups": admin.decider.lookups(),
+            "console": admin.console.as_ref().map(|c| c.summary()),
             "rejected_decisions": stats.rejected.load(Ordering::Relaxed),
             "filtered_decisions": stats.filtered.load(Ordering::Relaxed),
             "listeners": {
@@ -229,7 +239,7 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
         .fix("start CrowdSec (`systemctl start crowdsec`), check api_url and that LAPI listens there (`cscli lapi status`); cerberus keeps enforcing what it knows meanwhile"),
     });
 
-    if admin.lapi.is_some() {
+    if admin.lapi().is_some() {
         let stats = &admin.stats;
         let what = if c.api_key.is_some() {
             "bouncer key"
@@ -249,7 +259,7 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
         });
     }
 
-    out.push(match (&admin.watcher, admin.lapi.is_some()) {
+    out.push(match (admin.watcher(), admin.lapi().is_some()) {
         (Some(w), _) => match tokio::time::timeout(PROBE_TIMEOUT, w.check_login()).await {
             Ok(Ok(())) => Check::new("watcher", "ok", "machine login accepted: unban and ban reach every bouncer through LAPI"),
             Ok(Err(crate::lapi::watcher::WatcherError::LoginRefused(code))) => Check::new(
@@ -271,6 +281,7 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
         (None, false) => Check::new("watcher", "skip", "standalone mode: no LAPI to write to"),
     });
 
+    out.extend(console_checks(admin));
     out.push(socket_check(admin));
     out.push(data_dir_check(c));
     out.push(if admin.decider.enabled() {
@@ -280,6 +291,55 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
             .fix("POST /api/v1/cerberus/crowdsec/enable when it should protect again")
     });
     out
+}
+
+/// `console` (the enrollment) and `heartbeat` (the last one, as the poller left it).
+fn console_checks(admin: &Admin) -> [Check; 2] {
+    use crate::console::EnrollState;
+    let Some(console) = &admin.console else {
+        let why =
+            "no engine config (console_engine_config): console enrollment and heartbeats are off";
+        return [
+            Check::new("console", "skip", why),
+            Check::new("heartbeat", "skip", why),
+        ];
+    };
+    let status = console.status();
+    let reason = status["reason"].as_str().unwrap_or("").to_string();
+    let enroll = match console.state() {
+        EnrollState::Enrolled => Check::new(
+            "console",
+            "ok",
+            format!(
+                "enrolled in the CrowdSec console{}",
+                status["enrolled_at"].as_str().map(|t| format!(" ({t})")).unwrap_or_default()
+            ),
+        ),
+        EnrollState::Enrolling => Check::new("console", "ok", "an enrollment is running"),
+        EnrollState::NotEnrolled => Check::new("console", "warn", "the engine is not enrolled in the CrowdSec console")
+            .fix("POST /api/v1/cerberus/crowdsec/console/enroll {\"enrollment_key\": \"...\"} with the key from app.crowdsec.net"),
+        EnrollState::Failed => Check::new("console", "fail", format!("the last enrollment failed: {reason}"))
+            .fix("follow the advice in the reason, then enroll again (POST /api/v1/cerberus/crowdsec/console/enroll)"),
+    };
+    let interval = console.settings().heartbeat_interval;
+    let heartbeat = match console.last_heartbeat() {
+        Some(hb) if hb.ok => Check::new(
+            "heartbeat",
+            "ok",
+            format!("the central API accepted the engine's heartbeat at {} ({} ms)", hb.at, hb.latency_ms),
+        ),
+        Some(hb) => Check::new(
+            "heartbeat",
+            "fail",
+            format!("the last heartbeat ({}) failed: {}", hb.at, hb.error.unwrap_or_default()),
+        )
+        .fix("fix what the error names, then POST /api/v1/cerberus/crowdsec/console/heartbeat to check at once"),
+        None if interval.is_zero() => Check::new("heartbeat", "warn", "no heartbeat yet and the poller is off (heartbeat_interval: 0s)")
+            .fix("POST /api/v1/cerberus/crowdsec/console/heartbeat to check the engine's standing now"),
+        None => Check::new("heartbeat", "warn", "no heartbeat has finished yet (the poller sends one at start)")
+            .fix("wait a few seconds, or POST /api/v1/cerberus/crowdsec/console/heartbeat"),
+    };
+    [enroll, heartbeat]
 }
 
 fn socket_check(admin: &Admin) -> Check {

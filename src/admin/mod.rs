@@ -11,14 +11,18 @@
 //! The routes are listed once in [`ROUTES`]; the OpenAPI document (`docs/admin-api.yaml`)
 //! is checked against them and against the running server by a test.
 
+mod console;
 mod decisions;
 mod diagnostics;
+mod hub;
 
 use crate::config::Config;
 use crate::control::Control;
+use crate::engine::hub::Hub;
+use crate::engine::managed::EngineControl;
 use crate::lapi::sync::SyncStats;
 use crate::lapi::watcher::Watcher;
-use crate::lapi::LapiClient;
+use crate::lapi::{LapiClient, Upstream};
 use crate::persist::Persister;
 use crate::serve::Readiness;
 use crate::store::Decider;
@@ -59,6 +63,12 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/ban", true),
     ("GET", "/diagnostics/connectivity", true),
     ("GET", "/diagnostics/config", true),
+    ("GET", "/hub/presets", true),
+    ("POST", "/hub/presets/install", true),
+    ("POST", "/hub/presets/remove", true),
+    ("POST", "/console/enroll", true),
+    ("GET", "/console/status", true),
+    ("POST", "/console/heartbeat", true),
 ];
 
 /// What the handlers share.
@@ -69,15 +79,19 @@ pub struct Admin {
     pub control: Control,
     pub persist: Arc<Persister>,
     pub ready: Readiness,
-    /// The bouncer's own client (health probes); `None` in standalone mode.
-    pub lapi: Option<LapiClient>,
-    /// LAPI writes; `None` without `machine_id`/`machine_password`.
-    pub watcher: Option<Arc<Watcher>>,
+    /// The LAPI client (health probes) and watcher (writes) of the moment.
+    pub upstream: watch::Receiver<Upstream>,
+    /// The managed engine (engine mode).
+    pub engine: Option<Arc<EngineControl>>,
+    /// Hub presets for the engine's config (when an engine config is known).
+    pub hub: Option<Hub>,
     /// For probes that are not LAPI (the central API).
     pub http: reqwest::Client,
     /// Where the doors listen, for `/status` and the diagnostics.
     pub socket_addr: Option<String>,
     pub started: Instant,
+    /// Console enrollment and heartbeats; `None` without an engine config.
+    pub console: Option<Arc<crate::console::Console>>,
     token: String,
     countries: decisions::Countries,
 }
@@ -92,24 +106,8 @@ impl Admin {
         persist: Arc<Persister>,
         ready: Readiness,
         token: String,
+        upstream: watch::Receiver<Upstream>,
     ) -> anyhow::Result<Admin> {
-        let lapi = match config.standalone() {
-            true => None,
-            false => Some(LapiClient::new(&config)?),
-        };
-        let watcher = match (
-            &config.api_url,
-            &config.machine_id,
-            &config.machine_password,
-        ) {
-            (Some(url), Some(id), Some(pw)) => Some(Arc::new(Watcher::new(
-                LapiClient::plain_http(&config)?,
-                url,
-                id,
-                pw,
-            ))),
-            _ => None,
-        };
         let http = reqwest::Client::builder()
             .user_agent(crate::lapi::USER_AGENT)
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -122,22 +120,30 @@ impl Admin {
             control,
             persist,
             ready,
-            lapi,
-            watcher,
+            upstream,
+            engine: None,
+            hub: None,
             http,
             socket_addr: None,
             started: Instant::now(),
+            console: None,
             token,
             countries: decisions::Countries::default(),
         })
     }
 
     pub fn mode(&self) -> &'static str {
-        if self.config.standalone() {
-            "standalone"
-        } else {
-            "lapi"
-        }
+        self.config.mode()
+    }
+
+    /// The LAPI client of the moment (none in standalone mode, or while the engine is off).
+    pub fn lapi(&self) -> Option<LapiClient> {
+        self.upstream.borrow().client.clone()
+    }
+
+    /// The LAPI watcher of the moment (none without machine credentials).
+    pub fn watcher(&self) -> Option<Arc<Watcher>> {
+        self.upstream.borrow().watcher.clone()
     }
 }
 
@@ -420,6 +426,18 @@ async fn route(
         },
         ("GET", "/diagnostics/connectivity") => diagnostics::connectivity(admin).await,
         ("GET", "/diagnostics/config") => diagnostics::config(admin).await,
+        ("GET", "/hub/presets") => hub::list(admin, req.uri().query()).await,
+        ("POST", "/hub/presets/install") => match read_json(req).await {
+            Ok(body) => hub::change(admin, &body, true).await,
+            Err(e) => e.into(),
+        },
+        ("POST", "/hub/presets/remove") => match read_json(req).await {
+            Ok(body) => hub::change(admin, &body, false).await,
+            Err(e) => e.into(),
+        },
+        ("POST", "/console/enroll") => console::enroll(admin, req).await,
+        ("GET", "/console/status") => console::status(admin),
+        ("POST", "/console/heartbeat") => console::heartbeat(admin).await,
         _ => {
             let allowed: Vec<&str> = ROUTES
                 .iter()
@@ -506,6 +524,9 @@ fn toggle(admin: &Admin, on: bool) -> Reply {
     admin
         .persist
         .set_setting("enabled", if on { "true" } else { "false" });
+    if let Some(engine) = &admin.engine {
+        engine.set(on);
+    }
     if was != on {
         if on {
             info!("protection switched on through the admin API");

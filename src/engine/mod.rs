@@ -2,4 +2,5 @@
 //! ([`supervisor`]) and its hub presets ([`hub`]).
 
 pub mod hub;
+pub mod managed;
 pub mod supervisor;

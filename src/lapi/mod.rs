@@ -13,6 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use stream::{Counts, List};
 
+/// Where the decisions come from right now: the bouncer client, and the watcher for
+/// writes. Fixed in LAPI mode, empty in standalone mode, and following the managed
+/// engine (empty while it is stopped) in engine mode.
+#[derive(Clone, Default)]
+pub struct Upstream {
+    pub client: Option<LapiClient>,
+    pub watcher: Option<Arc<watcher::Watcher>>,
+}
+
 /// The User-Agent every request carries: `cerberus/<version>`.
 pub const USER_AGENT: &str = concat!("cerberus/", env!("CARGO_PKG_VERSION"));
 

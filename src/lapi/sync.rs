@@ -167,7 +167,9 @@ impl SyncSettings {
 }
 
 pub struct Syncer {
-    pub client: LapiClient,
+    /// The LAPI pulled from; `None` while there is none (the managed engine is stopped).
+    client: Option<LapiClient>,
+    upstream: watch::Receiver<super::Upstream>,
     pub owner: Owner,
     pub decider: Arc<Decider>,
     pub stats: Arc<SyncStats>,
@@ -183,15 +185,17 @@ struct Stopped;
 
 impl Syncer {
     pub fn new(
-        client: LapiClient,
+        mut upstream: watch::Receiver<super::Upstream>,
         owner: Owner,
         decider: Arc<Decider>,
         stats: Arc<SyncStats>,
         settings: SyncSettings,
         commands: mpsc::Receiver<Command>,
     ) -> Syncer {
+        let client = upstream.borrow_and_update().client.clone();
         Syncer {
             client,
+            upstream,
             owner,
             decider,
             stats,
@@ -209,12 +213,28 @@ impl Syncer {
         let mut need_full = true;
         let mut failures: u32 = 0;
         let mut last_purge = Instant::now();
-        info!(
-            "[CROWDSEC_STARTUP] starting decision sync with LAPI at {} every {:?}",
-            self.client.url(),
-            self.settings.update_frequency
-        );
+        if let Some(client) = &self.client {
+            info!(
+                "[CROWDSEC_STARTUP] starting decision sync with LAPI at {} every {:?}",
+                client.url(),
+                self.settings.update_frequency
+            );
+        }
         loop {
+            if self.upstream.has_changed().unwrap_or(false) {
+                self.take_upstream();
+                need_full = true;
+                failures = 0;
+            }
+            if self.client.is_none() {
+                if self.idle(&mut shutdown).await {
+                    break;
+                }
+                self.take_upstream();
+                need_full = true;
+                failures = 0;
+                continue;
+            }
             let answering = std::mem::take(&mut self.waiting);
             let outcome = match self.pull_serving(need_full, &mut shutdown).await {
                 Ok(r) => r,
@@ -255,7 +275,7 @@ impl Syncer {
                     } else {
                         warn!(
                             "[CROWDSEC_STARTUP] waiting for LAPI at {} (attempt {}, next in {:.1}s): {e}",
-                            self.client.url(),
+                            self.client.as_ref().map_or("?", |c| c.url()),
                             failures,
                             wait.as_secs_f64()
                         );
@@ -307,6 +327,50 @@ impl Syncer {
         info!("decision sync stopped");
     }
 
+    /// Takes the LAPI client of the moment (the engine came up, went down, or got a new key).
+    fn take_upstream(&mut self) {
+        self.client = self.upstream.borrow_and_update().client.clone();
+        match &self.client {
+            Some(c) => info!(
+                "[CROWDSEC_STARTUP] syncing decisions from LAPI at {} every {:?}",
+                c.url(),
+                self.settings.update_frequency
+            ),
+            None => info!(
+                "no LAPI to sync from (the engine is stopped): keeping {} known decisions",
+                self.decider.snapshot().len()
+            ),
+        }
+    }
+
+    /// Waits without a LAPI: serves commands until one comes (or shutdown: true).
+    async fn idle(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        for reply in self.waiting.drain(..) {
+            let _ = reply.send(Err("no LAPI to pull from (the engine is stopped)".into()));
+        }
+        let mut purge = tokio::time::interval(Duration::from_secs(60));
+        purge.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return true,
+                r = self.upstream.changed() => {
+                    if r.is_err() {
+                        // Nobody can give a LAPI any more: stay idle until shutdown.
+                        let _ = shutdown.changed().await;
+                        return true;
+                    }
+                    return false;
+                }
+                _ = purge.tick() => self.purge(),
+                Some(cmd) = self.commands.recv() => {
+                    if let Some(reply) = self.owner.handle(cmd) {
+                        let _ = reply.send(Err("no LAPI to pull from (the engine is stopped)".into()));
+                    }
+                }
+            }
+        }
+    }
+
     /// Drops expired decisions from memory and disk (lookups already ignore them).
     fn purge(&mut self) {
         self.owner.purge();
@@ -322,8 +386,9 @@ impl Syncer {
         let started = Instant::now();
         let sink = self.sink(full);
         let kind = if full { "startup" } else { "delta" };
+        let client = self.client.clone().expect("pulls only with a client");
         let (sink, result) = {
-            let fetch = self.client.pull(full, sink);
+            let fetch = client.pull(full, sink);
             tokio::pin!(fetch);
             loop {
                 tokio::select! {
@@ -345,7 +410,8 @@ impl Syncer {
         let started = Instant::now();
         let sink = self.sink(full);
         let kind = if full { "startup" } else { "delta" };
-        let (sink, result) = self.client.pull(full, sink).await;
+        let client = self.client.clone().expect("pulls only with a client");
+        let (sink, result) = client.pull(full, sink).await;
         self.apply(kind, started, sink, result)
     }
 

@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod caddy;
+pub mod capi;
 pub mod engine;
 pub mod engine_env;
 pub mod lapi;
+pub mod managed_engine;
 
 use cerberus::config::{Config, Listen};
 use std::io::Write;

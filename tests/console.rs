@@ -1,0 +1,553 @@
+//! CrowdSec console enrollment and heartbeats, end to end: cerberus runs Debian's real
+//! `cscli` 1.4.6 (`console enroll`) against a stand-in of the central API on loopback
+//! (tests/support/capi.rs) named in the engine's online credentials. Enrollment
+//! succeeds and survives a restart; an expired key, a refused key, a refused engine
+//! login, an unreachable or failing central API each give their own message (the
+//! transient ones after the logged retries); the key never shows in a log or an answer;
+//! the forced heartbeat and the poller report success and failure.
+
+mod support;
+
+use cerberus::app::Running;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+use support::admin::{with_admin, AdminClient};
+use support::capi::{Capi, EngineConfig, Mode};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn start(dir: &Path, engine: Option<&EngineConfig>, heartbeat: Duration) -> Running {
+    let mut config = with_admin(support::config(dir, None, None));
+    if let Some(e) = engine {
+        config.console_engine_config = Some(e.config.clone());
+        config.console_cscli_bin = e.cscli.clone();
+    }
+    config.heartbeat_interval = heartbeat;
+    tokio::time::timeout(LIMIT, cerberus::app::start(config))
+        .await
+        .expect("start in time")
+        .expect("start")
+}
+
+/// A fresh enrollment key, unique to the test.
+fn new_key() -> String {
+    format!(
+        "clk{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
+}
+
+/// The captured log lines of this engine's console (they carry its config path).
+fn engine_lines(engine: &EngineConfig) -> Vec<String> {
+    let tag = engine.config.display().to_string();
+    support::logs()
+        .text()
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .map(str::to_string)
+        .collect()
+}
+
+fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Enrolls through the admin API (bounded in time); returns the status and answer, and
+/// checks that the key is not in the answer.
+async fn enroll(admin: &AdminClient, body: Value) -> (u16, Value) {
+    let key = body["enrollment_key"].as_str().unwrap_or("").to_string();
+    let (status, answer) = tokio::time::timeout(LIMIT, admin.post("/console/enroll", body))
+        .await
+        .expect("the enrollment answers in time");
+    if key.len() >= 8 {
+        assert!(
+            !answer.to_string().contains(&key),
+            "the enrollment key is in the answer: {answer}"
+        );
+    }
+    (status, answer)
+}
+
+fn assert_key_never_logged(key: &str) {
+    let logs = support::logs().text();
+    assert!(!logs.is_empty());
+    assert!(
+        !logs.contains(key),
+        "the enrollment key appears in the logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cscli_enrolls_and_the_state_survives_a_restart() {
+    support::logs();
+    let capi = Capi::start(Mode::Ok).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+
+    let (status, before) = admin.get("/console/status").await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["state"], "not_enrolled");
+    assert_eq!(before["central_api"]["url"], capi.url.as_str());
+
+    let key = new_key();
+    let (status, body) = enroll(
+        &admin,
+        json!({"enrollment_key": key, "name": "web-1", "tags": ["prod", "caddy"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "enrolled");
+    assert_eq!(body["name"], "web-1");
+    assert_eq!(body["tags"], json!(["prod", "caddy"]));
+    assert_eq!(body["attempts"], 1);
+    assert!(body["next"].as_str().unwrap().contains("accept"), "{body}");
+
+    // What the real cscli sent: the engine's login, then the enrollment with its token.
+    let logins = capi.seen_at("/v2/watchers/login");
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    let login = logins[0].json();
+    assert_eq!(login["machine_id"], capi.login.as_str());
+    assert_eq!(login["password"], capi.password.as_str());
+    assert!(login["scenarios"].is_array(), "{login}");
+    let enrolls = capi.seen_at("/v2/watchers/enroll");
+    assert_eq!(enrolls.len(), 1);
+    let sent = &enrolls[0];
+    assert!(
+        sent.header("user-agent")
+            .unwrap_or("")
+            .starts_with("crowdsec/v1.4.6"),
+        "not cscli 1.4.6: {:?}",
+        sent.header("user-agent")
+    );
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {}", capi.tokens()[0]).as_str())
+    );
+    assert_eq!(
+        sent.json(),
+        json!({"attachment_key": key, "name": "web-1", "tags": ["prod", "caddy"], "overwrite": false})
+    );
+    // cscli went to its end: it wrote the engine's console options.
+    let options = std::fs::read_to_string(&engine.console_options).unwrap();
+    assert!(
+        options.contains("share_manual_decisions: true"),
+        "{options}"
+    );
+
+    let (_, st) = admin.get("/status").await;
+    assert_eq!(st["console"]["state"], "enrolled", "{st}");
+    let lines = engine_lines(&engine);
+    assert_eq!(
+        count(&lines, "[CROWDSEC_ENROLLMENT] enrollment completed"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(count(&lines, "retrying enrollment"), 0, "{lines:#?}");
+
+    app.stop().await;
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+    let (_, after) = admin.get("/console/status").await;
+    assert_eq!(after["state"], "enrolled", "{after}");
+    assert_eq!(after["name"], "web-1");
+    assert_eq!(after["enrolled_at"], body["enrolled_at"]);
+    let (_, diag) = admin.get("/diagnostics/config").await;
+    let check = diag["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "console")
+        .cloned()
+        .unwrap();
+    assert_eq!(check["status"], "ok", "{check}");
+    app.stop().await;
+    assert_key_never_logged(&key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_refused_keys_are_named_and_not_retried() {
+    support::logs();
+    let capi = Capi::start(Mode::ExpiredKey).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+
+    let expired = new_key();
+    let (status, body) = enroll(&admin, json!({"enrollment_key": expired})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "expired_key");
+    assert_eq!(body["field"], "enrollment_key");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("has expired") && msg.contains("new key"),
+        "{msg}"
+    );
+    assert_eq!(body["console"]["state"], "failed");
+    let (_, st) = admin.get("/console/status").await;
+    assert_eq!(st["state"], "failed");
+    assert_eq!(st["code"], "expired_key");
+    assert!(st["reason"].as_str().unwrap().contains("expired"), "{st}");
+
+    capi.set_mode(Mode::InvalidKey).await;
+    let refused = new_key();
+    let (status, body) = enroll(&admin, json!({"enrollment_key": refused})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_key");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("refused the enrollment key as invalid") && msg.contains("HTTP 403"),
+        "{msg}"
+    );
+    // A refusal is final: one call each, no retry.
+    assert_eq!(capi.seen_at("/v2/watchers/enroll").len(), 2);
+    let lines = engine_lines(&engine);
+    assert_eq!(count(&lines, "retrying enrollment"), 0, "{lines:#?}");
+    assert_eq!(
+        count(&lines, "[CROWDSEC_ENROLLMENT] enrollment failed:"),
+        2,
+        "{lines:#?}"
+    );
+    app.stop().await;
+    assert_key_never_logged(&expired);
+    assert_key_never_logged(&refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_central_api_is_retried_and_names_host_and_port() {
+    support::logs();
+    let capi = Capi::start(Mode::Down).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+
+    let key = new_key();
+    let (status, body) = enroll(&admin, json!({"enrollment_key": key, "name": "edge"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "unreachable");
+    let msg = body["error"].as_str().unwrap();
+    let hostport = format!("127.0.0.1:{}", capi.port);
+    assert!(
+        msg.contains(&format!("outbound TCP to {hostport} must be open")),
+        "{msg}"
+    );
+    assert!(msg.contains("connection refused"), "{msg}");
+    assert_eq!(body["console"]["state"], "failed");
+    assert_eq!(body["console"]["attempts"], 3);
+
+    let lines = engine_lines(&engine);
+    for n in [2, 3] {
+        let want = format!("[CROWDSEC_ENROLLMENT] retrying enrollment (attempt {n}/3)");
+        assert_eq!(count(&lines, &want), 1, "{want} in {lines:#?}");
+    }
+    assert_eq!(count(&lines, "(attempt 4/3)"), 0);
+    assert_eq!(count(&lines, "[CROWDSEC_ENROLLMENT] enrollment failed:"), 1);
+    app.stop().await;
+    assert_key_never_logged(&key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_then_a_later_enrollment_succeeds() {
+    support::logs();
+    let capi = Capi::start(Mode::ServerError).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+
+    let key = new_key();
+    let (status, body) = enroll(&admin, json!({"enrollment_key": key})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "server_error");
+    assert!(
+        body["error"].as_str().unwrap().contains("HTTP 500"),
+        "{body}"
+    );
+    // The login failed each time: three attempts, three logins.
+    assert_eq!(capi.seen_at("/v2/watchers/login").len(), 3);
+    assert_eq!(
+        count(&engine_lines(&engine), "retrying enrollment (attempt"),
+        2
+    );
+
+    capi.set_mode(Mode::Ok).await;
+    let (status, body) = enroll(&admin, json!({"enrollment_key": key})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "enrolled");
+    assert_eq!(body["reason"], Value::Null);
+    app.stop().await;
+    assert_key_never_logged(&key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn already_enrolled_overwrite_and_a_refused_engine_login() {
+    support::logs();
+    let capi = Capi::start(Mode::AlreadyEnrolled).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+
+    let key = new_key();
+    let (status, body) = enroll(&admin, json!({"enrollment_key": key})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "already_enrolled");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"overwrite\": true"),
+        "{body}"
+    );
+    // The engine is enrolled, whatever this attempt changed.
+    assert_eq!(body["console"]["state"], "enrolled");
+
+    let (status, body) = enroll(
+        &admin,
+        json!({"enrollment_key": key, "name": "renamed", "overwrite": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "renamed");
+    let last = capi.seen_at("/v2/watchers/enroll").pop().unwrap().json();
+    assert_eq!(last["overwrite"], true);
+
+    capi.set_mode(Mode::Unauthorized).await;
+    let (status, body) = enroll(&admin, json!({"enrollment_key": key})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "unauthorized");
+    let msg = body["error"].as_str().unwrap();
+    assert!(msg.contains("refused the engine's login"), "{msg}");
+    assert!(msg.contains("cscli capi register"), "{msg}");
+    assert!(
+        msg.contains(&engine.credentials.display().to_string()),
+        "{msg}"
+    );
+    assert_eq!(body["console"]["state"], "failed");
+    app.stop().await;
+    assert_key_never_logged(&key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_heartbeat_reports_success_and_failure() {
+    support::logs();
+    let capi = Capi::start(Mode::Ok).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+
+    let (status, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(status, 200, "{hb}");
+    assert_eq!(hb["ok"], true, "{hb}");
+    assert_eq!(hb["error"], Value::Null);
+    assert!(hb["latency_ms"].is_u64());
+    humantime::parse_rfc3339(hb["at"].as_str().unwrap()).expect("RFC 3339");
+    let login = capi.seen_at("/v2/watchers/login").pop().unwrap().json();
+    assert_eq!(login["machine_id"], capi.login.as_str());
+    assert!(login["scenarios"].is_array());
+    let beat = capi
+        .seen_at("/v2/heartbeat")
+        .pop()
+        .expect("GET /v2/heartbeat");
+    assert_eq!(beat.method, "GET");
+    assert_eq!(
+        beat.header("authorization"),
+        Some(format!("Bearer {}", capi.tokens()[0]).as_str())
+    );
+    let (_, st) = admin.get("/status").await;
+    assert_eq!(st["console"]["last_heartbeat"]["ok"], true, "{st}");
+    assert_eq!(st["console"]["state"], "not_enrolled");
+    let check = |diag: &Value, name: &str| {
+        diag["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check in {diag}"))
+    };
+    let (_, diag) = admin.get("/diagnostics/config").await;
+    assert_eq!(check(&diag, "heartbeat")["status"], "ok", "{diag}");
+    assert_eq!(check(&diag, "console")["status"], "warn", "{diag}");
+
+    capi.set_mode(Mode::Down).await;
+    let (status, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(status, 200, "{hb}");
+    assert_eq!(hb["ok"], false, "{hb}");
+    let err = hb["error"].as_str().unwrap();
+    assert!(
+        err.contains("unreachable")
+            && err.contains(&format!(
+                "outbound TCP to 127.0.0.1:{} must be open",
+                capi.port
+            )),
+        "{err}"
+    );
+    let (_, diag) = admin.get("/diagnostics/config").await;
+    assert_eq!(check(&diag, "heartbeat")["status"], "fail", "{diag}");
+    assert!(diag["failed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("heartbeat")));
+
+    capi.set_mode(Mode::Unauthorized).await;
+    let (_, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(hb["ok"], false);
+    let err = hb["error"].as_str().unwrap();
+    assert!(
+        err.contains("refused the engine's login (HTTP 403"),
+        "{err}"
+    );
+    let (_, st) = admin.get("/console/status").await;
+    assert_eq!(st["heartbeat"]["last"]["ok"], false, "{st}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_logs_success_then_failure() {
+    let logs = support::logs();
+    let capi = Capi::start(Mode::Ok).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::from_secs(1)).await;
+    let ok = "[HEARTBEAT_POLLER] heartbeat sent successfully";
+    support::wait_for("a successful heartbeat in the log", 15, || {
+        count(&engine_lines(&engine), ok) > 0
+    })
+    .await;
+    assert!(!capi.seen_at("/v2/heartbeat").is_empty());
+    capi.set_mode(Mode::Down).await;
+    let failed = format!(
+        "[HEARTBEAT_POLLER] heartbeat failed: the central API at {} is unreachable",
+        capi.url
+    );
+    support::wait_for("a failed heartbeat in the log", 15, || {
+        count(&engine_lines(&engine), &failed) > 0
+    })
+    .await;
+    app.stop().await;
+    // Stopped: no more heartbeats from this engine.
+    let n = engine_lines(&engine).len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(engine_lines(&engine).len(), n, "{}", logs.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_engine_config_the_routes_say_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), None, Duration::from_secs(1)).await;
+    let admin = AdminClient::new(&app);
+    let key = new_key();
+    let answers = [
+        admin
+            .post("/console/enroll", json!({"enrollment_key": key}))
+            .await,
+        admin.get("/console/status").await,
+        admin.post_empty("/console/heartbeat").await,
+    ];
+    for (status, body) in answers {
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("console enrollment needs the managed engine or engine.config_file"),
+            "{body}"
+        );
+    }
+    let (_, st) = admin.get("/status").await;
+    assert_eq!(st["console"], Value::Null);
+    let (_, diag) = admin.get("/diagnostics/config").await;
+    let console = diag["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "console")
+        .cloned()
+        .unwrap();
+    assert_eq!(console["status"], "skip");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_by_field_without_echoing_the_key() {
+    let capi = Capi::start(Mode::Ok).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+    let secret = "not a key; rm -rf --no-preserve-root";
+    let cases = [
+        (json!({}), "enrollment_key"),
+        (json!({"enrollment_key": secret}), "enrollment_key"),
+        (json!({"enrollment_key": 12345678}), "enrollment_key"),
+        (
+            json!({"enrollment_key": new_key(), "tags": ["a,b"]}),
+            "tags",
+        ),
+        (json!({"enrollment_key": new_key(), "tags": "prod"}), "tags"),
+        (json!({"enrollment_key": new_key(), "name": ""}), "name"),
+        (
+            json!({"enrollment_key": new_key(), "overwrite": "yes"}),
+            "overwrite",
+        ),
+        (json!({"enrollment_key": new_key(), "key": "x"}), "key"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = admin.post("/console/enroll", body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert_eq!(answer["field"], field, "{body} -> {answer}");
+        assert!(!answer.to_string().contains(secret), "{answer}");
+    }
+    // Nothing reached the central API, and the state did not move.
+    assert!(capi.seen().is_empty(), "{:?}", capi.seen());
+    let (_, st) = admin.get("/console/status").await;
+    assert_eq!(st["state"], "not_enrolled");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cscli_or_missing_credentials_are_named() {
+    let capi = Capi::start(Mode::Ok).await;
+    let mut engine = EngineConfig::new(&capi);
+    engine.cscli = engine.dir.path().join("no-such-cscli");
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+
+    let (status, body) = enroll(&admin, json!({"enrollment_key": new_key()})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "engine_config");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("no-such-cscli") && msg.contains("console_cscli_bin"),
+        "{msg}"
+    );
+
+    std::fs::remove_file(&engine.credentials).unwrap();
+    let (status, body) = enroll(&admin, json!({"enrollment_key": new_key()})).await;
+    assert_eq!(status, 409, "{body}");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains(&engine.credentials.display().to_string())
+            && msg.contains("cscli capi register"),
+        "{msg}"
+    );
+    let (_, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(hb["ok"], false);
+    assert!(
+        hb["error"]
+            .as_str()
+            .unwrap()
+            .contains("cscli capi register"),
+        "{hb}"
+    );
+    assert!(capi.seen().is_empty(), "{:?}", capi.seen());
+    app.stop().await;
+}
