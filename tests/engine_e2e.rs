@@ -4,6 +4,9 @@
 //! 403 from Caddy through cerberus while another client keeps getting 200, and an unban
 //! through the admin API lets the first client in again.
 //!
+//! All of it as an operator runs it: cerberus with `engine.enabled` starts the engine
+//! itself, and the presets are installed through `POST /hub/presets/install`.
+//!
 //! Clients bind their own loopback addresses: the attacker 127.0.0.5, the neighbour
 //! 127.0.0.6. Needs `scripts/crowdsec-lapi.sh install` (run by the test), the Go toolchain
 //! for `scripts/build-caddy.sh` (run by the test) and the hub index of 2023-03-01 (see
@@ -11,14 +14,14 @@
 
 mod support;
 
-use cerberus::engine::supervisor::Supervisor;
+use cerberus::config::Config;
 use serde_json::json;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::admin::{with_admin, AdminClient};
-use support::caddy::{client_from, free_port, status, wait_status, Caddy};
+use support::caddy::{free_port, status, wait_status, Caddy};
 use support::engine_env::{IndexServer, ManagedEngineDir};
 
 const ATTACKER: &str = "127.0.0.5";
@@ -113,6 +116,20 @@ fn logged_from(log: &Path, ip: &str) -> usize {
         .count()
 }
 
+/// cerberus in engine mode on `engine`, its admin API on loopback, nothing beyond it.
+fn cerberus_config(engine: &ManagedEngineDir, hub_url: &str) -> Config {
+    let mut c = with_admin(support::config(&engine.cerberus_data, None, None));
+    c.engine.enabled = true;
+    c.engine.crowdsec_bin = engine.crowdsec.clone();
+    c.engine.cscli_bin = engine.cscli.clone();
+    c.engine.config_file = engine.config.clone();
+    c.engine.hub_url = hub_url.to_string();
+    // Loopback only: no central API, no heartbeats.
+    c.capi_url = "http://127.0.0.1:9".into();
+    c.heartbeat_interval = Duration::ZERO;
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban() {
     let logs = support::logs();
@@ -121,47 +138,47 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
     let engine = ManagedEngineDir::new();
     let hub = IndexServer::start(support::engine_env::index_2023()).await;
     bounded(300, async {
-        let sup = Supervisor::new(engine.settings()).unwrap();
-        let creds = sup
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("engine start: {e}\n{}", engine.log()));
-        assert_eq!(creds.lapi_url, engine.lapi_url());
-
-        // The presets, installed into the running engine (its config test needs the agent
-        // credentials the start created), then a reload. `crowdsecurity/caddy` alone
-        // parses nothing: its parser wants `evt.Parsed.program`, which the raw-stage
-        // parser of `crowdsecurity/syslog-logs` (its `non-syslog` node) sets from the
-        // acquisition label; CrowdSec's own install brings it with `crowdsecurity/linux`.
-        let raw = engine
-            .install_preset(&hub.url, "crowdsecurity/syslog-logs")
-            .await;
-        assert!(raw.changed && raw.validated, "{raw:?}");
-        let report = engine.install_preset(&hub.url, "crowdsecurity/caddy").await;
-        assert!(report.changed && report.validated, "{report:?}");
-        let names: Vec<&str> = report.installed.iter().map(|i| i.name.as_str()).collect();
-        for want in [
-            "crowdsecurity/caddy-logs",
-            "crowdsecurity/http-logs",
-            "crowdsecurity/http-probing",
-        ] {
-            assert!(names.contains(&want), "{want} not installed: {names:?}");
-        }
-        sup.reload().await.unwrap();
-        engine.wait_reloaded(1, 60).await;
-
-        let data = engine.path().join("cerberus");
-        let config = with_admin(support::config(
-            &data,
-            Some(&creds.lapi_url),
-            Some(&creds.api_key),
-        ));
+        // cerberus starts the engine itself and pulls from its LAPI.
+        let config = cerberus_config(&engine, &hub.url);
         let app = cerberus::app::start(config.clone()).await.unwrap();
-        support::wait_for("the first sync from the engine's LAPI", 30, || {
+        let admin = AdminClient::new(&app);
+        support::wait_for("the first sync from the managed engine", 90, || {
             app.stats.first_sync_done.load(Ordering::Relaxed)
         })
         .await;
-        let admin = AdminClient::new(&app);
+        let (_, s) = admin.get("/status").await;
+        assert_eq!(s["mode"], "engine", "{s}");
+        assert_eq!(s["engine"]["status"]["state"], "running", "{s}");
+
+        // The presets, through the admin API; each install reloads the engine.
+        // `crowdsecurity/caddy` alone parses nothing: its parser wants
+        // `evt.Parsed.program`, which the raw-stage `non-syslog` node of
+        // `crowdsecurity/syslog-logs` sets from the acquisition label (CrowdSec's own
+        // install brings it with `crowdsecurity/linux`).
+        for (i, preset) in ["crowdsecurity/syslog-logs", "crowdsecurity/caddy"]
+            .iter()
+            .enumerate()
+        {
+            let (code, report) = admin
+                .post("/hub/presets/install", json!({ "name": preset }))
+                .await;
+            assert_eq!(code, 200, "install {preset}: {report}");
+            assert_eq!(report["changed"], true, "{report}");
+            assert_eq!(report["validated"], true, "{report}");
+            assert_eq!(report["reloaded"], true, "{report}");
+            engine.wait_reloaded(i + 1, 60).await;
+        }
+        let (code, list) = admin.get("/hub/presets?q=caddy&type=collections").await;
+        assert_eq!(code, 200, "{list}");
+        let caddy = list["presets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "crowdsecurity/caddy")
+            .unwrap_or_else(|| panic!("crowdsecurity/caddy not listed: {list}"));
+        assert_eq!(caddy["installed"], true, "{caddy}");
+        let scenarios = engine.cscli(&["scenarios", "list"]);
+        assert!(scenarios.contains("crowdsecurity/http-probing"), "{scenarios}");
 
         let port = free_port();
         let caddy = Caddy::start(
@@ -170,7 +187,7 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
         );
         let url = format!("http://127.0.0.1:{port}/");
         wait_status("Caddy to serve the neighbour", NEIGHBOUR, &url, 200, 30).await;
-        assert_eq!(status(&client_from(ATTACKER), &url, None).await, Some(200));
+        assert_eq!(status(&browser_from(ATTACKER), &url, None).await, Some(200));
 
         let (missing, banned_early) = probe(&url).await;
         assert!(missing > 10, "only {missing} probes reached Caddy's 404");
@@ -207,12 +224,12 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
             t.elapsed().as_millis()
         );
         assert_eq!(
-            status(&client_from(NEIGHBOUR), &url, None).await,
+            status(&browser_from(NEIGHBOUR), &url, None).await,
             Some(200),
             "the neighbour is not affected"
         );
         assert_eq!(
-            status(&client_from(ATTACKER), &format!("{url}anything"), None).await,
+            status(&browser_from(ATTACKER), &format!("{url}anything"), None).await,
             Some(403),
             "every path is closed to the prober"
         );
@@ -239,29 +256,32 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
         let (code, body) = admin.get(&format!("/decisions?ip={NEIGHBOUR}")).await;
         assert_eq!((code, body["total"].as_u64()), (200, Some(0)), "{body}");
 
-        // Unban through the admin API: the prober is let in again at once.
+        // Unban through the admin API: lifted at once, and deleted in the engine's LAPI
+        // (cerberus writes there with the agent's machine login).
         let (code, body) = admin.post("/unban", json!({"value": ATTACKER})).await;
         assert_eq!(code, 200, "{body}");
         assert!(
             !body["lifted"].as_array().unwrap().is_empty(),
             "the unban lifted the engine's decision: {body}"
         );
+        assert!(body["lapi"]["deleted"].as_u64() >= Some(1), "{body}");
         wait_status("the unban to reach Caddy", ATTACKER, &url, 200, 5).await;
-        assert_eq!(status(&client_from(NEIGHBOUR), &url, None).await, Some(200));
+        assert_eq!(status(&browser_from(NEIGHBOUR), &url, None).await, Some(200));
+        let left = engine.cscli(&["decisions", "list", "-o", "json"]);
+        assert!(!left.contains(ATTACKER), "still in the engine: {left}");
         // And it stays lifted across the next pulls from the engine.
         tokio::time::sleep(config.update_frequency * 3).await;
-        assert_eq!(status(&client_from(ATTACKER), &url, None).await, Some(200));
+        assert_eq!(status(&browser_from(ATTACKER), &url, None).await, Some(200));
 
         drop(caddy);
         app.stop().await;
-        sup.stop().await;
         assert_eq!(
             engine.processes(),
             Vec::<u32>::new(),
-            "the engine stopped with the supervisor"
+            "the engine stopped with cerberus"
         );
         let text = logs.text();
-        assert!(text.contains("[CROWDSEC_STARTUP]"), "{text}");
+        assert!(text.contains("[CROWDSEC_STARTUP] engine mode"), "{text}");
     })
     .await;
     eprintln!(

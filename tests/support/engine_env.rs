@@ -7,8 +7,7 @@
 //! (or `$CERBERUS_HUB_FIXTURES/index-2023-03-01.json`); it is never copied into the
 //! project. Every process started on a directory's config is killed when it is dropped.
 
-use cerberus::engine::hub::{EngineLayout, Hub, HubOptions, InstallReport, PresetRequest};
-use cerberus::engine::supervisor::EngineSettings;
+use super::managed_engine::{alive, free_port};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,19 +91,6 @@ impl Drop for IndexServer {
     }
 }
 
-/// A free loopback port below the ephemeral range (so that no outgoing connection takes
-/// it between this check and the engine's bind).
-pub fn free_lapi_port() -> u16 {
-    use rand::Rng;
-    for _ in 0..200 {
-        let port = rand::thread_rng().gen_range(20000..32000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in 20000-32000");
-}
-
 /// A managed-engine directory:
 ///
 /// ```text
@@ -182,9 +168,9 @@ impl ManagedEngineDir {
         )
         .unwrap();
 
-        let port = free_lapi_port();
+        let port = free_port();
         // Its own Prometheus port, so that `cscli metrics` can tell what was read and parsed.
-        let metrics_port = free_lapi_port();
+        let metrics_port = free_port();
         let r = root.display();
         let plugins = pkg.join("usr/lib/crowdsec/plugins");
         let config = root.join("config.yaml");
@@ -260,45 +246,6 @@ prometheus:
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Supervisor settings for this engine with cerberus' data in `cerberus_data`.
-    pub fn settings(&self) -> EngineSettings {
-        let mut s = EngineSettings::new(
-            &self.crowdsec,
-            &self.cscli,
-            &self.config,
-            &self.cerberus_data,
-        );
-        s.stop_grace = Duration::from_secs(10);
-        s.health_timeout = Duration::from_secs(60);
-        s
-    }
-
-    pub fn layout(&self) -> EngineLayout {
-        EngineLayout::from_engine_config(&self.config, &self.crowdsec)
-            .expect("the managed engine config is readable")
-    }
-
-    /// Installs a hub item from the index at `hub_url` with the hub library, without
-    /// asking any engine to reload (for an engine not started yet).
-    pub async fn install_preset(&self, hub_url: &str, name: &str) -> InstallReport {
-        let opts = HubOptions {
-            reload: None,
-            fetch_timeout: Duration::from_secs(10),
-            ..HubOptions::default()
-        };
-        let hub = Hub::with_options(
-            hub_url,
-            &self.root.join("cerberus-hub"),
-            self.layout(),
-            reqwest::Client::builder().no_proxy().build().unwrap(),
-            opts,
-        )
-        .unwrap();
-        hub.install(&PresetRequest::new(name))
-            .await
-            .unwrap_or_else(|e| panic!("installing {name} from {hub_url}: {e}"))
-    }
-
     /// The engine's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("crowdsec.log")).unwrap_or_default()
@@ -370,20 +317,6 @@ impl Drop for ManagedEngineDir {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
         }
-    }
-}
-
-/// Alive and not a zombie.
-pub fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks.
-    if unsafe { libc::kill(pid as i32, 0) } != 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
     }
 }
 
