@@ -253,9 +253,13 @@ fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCod
 fn check(path: Option<PathBuf>) -> ExitCode {
     match Config::load(path.as_deref()) {
         Ok(c) => {
-            let mode = match &c.api_url {
-                Some(url) => format!("LAPI at {url}"),
-                None => "standalone".into(),
+            let mode = match (c.mode(), &c.api_url) {
+                ("engine", _) => format!(
+                    "managed CrowdSec engine ({})",
+                    c.engine.config_file.display()
+                ),
+                (_, Some(url)) => format!("LAPI at {url}"),
+                _ => "standalone".into(),
             };
             println!("config OK: {mode}, data_dir {}", c.data_dir.display());
             ExitCode::SUCCESS
@@ -312,8 +316,10 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{},hyper=warn,reqwest=warn", config.log_level))
     });
+    // Colours only on a terminal: not in a log file or the journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_target(false);
     match config.log_format {
         LogFormat::Json => builder.json().init(),

@@ -104,10 +104,39 @@ fn the_example_config_is_valid() {
     assert!(text.contains("config OK: standalone"), "{text}");
 }
 
+#[test]
+fn check_names_the_managed_engine_mode() {
+    let engine = support::managed_engine::Engine::new();
+    let bins = support::managed_engine::bins();
+    let file = engine.root.join("cerberus.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir: {}\nforward_auth_listen: \"off\"\nengine:\n  enabled: true\n  crowdsec_bin: {}\n  cscli_bin: {}\n  config_file: {}\n",
+            engine.data_dir.display(),
+            bins.crowdsec.display(),
+            bins.cscli.display(),
+            engine.config.display()
+        ),
+    )
+    .unwrap();
+    let (code, text) = check(&file, &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "config OK: managed CrowdSec engine ({})",
+            engine.config.display()
+        )),
+        "{text}"
+    );
+}
+
 fn run_until_ready_then_signal(signal: i32) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .env("CERBERUS_FORWARD_AUTH_LISTEN", "off")
+        // The two run tests go in parallel: the default admin port would be taken twice.
+        .env("CERBERUS_ADMIN_LISTEN", "off")
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
         .stderr(Stdio::null())
@@ -133,6 +162,10 @@ fn run_until_ready_then_signal(signal: i32) {
     assert!(
         seen.iter().any(|l| l.contains("[CROWDSEC_STARTUP]")),
         "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains('\u{1b}')),
+        "no colour codes when the log is not a terminal: {seen:?}"
     );
     send_signal(child.id(), signal);
     let deadline = Instant::now() + Duration::from_secs(20);
