@@ -52,36 +52,51 @@ fn main() {
                 expires_at: expires,
             });
             if batch.len() == 100_000 {
-                app.control.insert(std::mem::take(&mut batch)).await.unwrap();
+                app.control
+                    .insert(std::mem::take(&mut batch))
+                    .await
+                    .unwrap();
             }
         }
         for r in 0..10_000u32 {
             batch.push(Decision {
                 id: n as i64 + 1 + r as i64,
-                target: Target::parse(&format!("172.{}.{}.0/24", 16 + (r >> 8) % 16, r & 0xff)).unwrap(),
+                target: Target::parse(&format!("172.{}.{}.0/24", 16 + (r >> 8) % 16, r & 0xff))
+                    .unwrap(),
                 type_name: "ban".into(),
                 origin: "lists".into(),
                 scenario: "bench ranges".into(),
                 expires_at: expires,
             });
         }
-        app.control.insert(std::mem::take(&mut batch)).await.unwrap();
+        app.control
+            .insert(std::mem::take(&mut batch))
+            .await
+            .unwrap();
         let persist = app.persist.clone();
-        tokio::task::spawn_blocking(move || persist.flush()).await.unwrap();
+        tokio::task::spawn_blocking(move || persist.flush())
+            .await
+            .unwrap();
         eprintln!(
             "{} decisions in place and persisted in {:.1}s",
             app.decider.snapshot().len(),
             started.elapsed().as_secs_f64()
         );
 
-        let base = format!("http://{}/api/v1/cerberus/crowdsec", app.admin_addr.as_deref().unwrap());
+        let base = format!(
+            "http://{}/api/v1/cerberus/crowdsec",
+            app.admin_addr.as_deref().unwrap()
+        );
         let http = reqwest::Client::new();
         let token = app.admin_token.clone();
         let mut unban = Vec::new();
         for k in 0..200u32 {
             let target = ip(k * 4999 % n as u32);
             let addr = IpAddr::V4(target);
-            assert!(!app.decider.answer(addr).allows(), "{target} is banned before");
+            assert!(
+                !app.decider.answer(addr).allows(),
+                "{target} is banned before"
+            );
             let t = Instant::now();
             let resp = http
                 .post(format!("{base}/unban"))
@@ -94,7 +109,10 @@ fn main() {
             let _ = resp.bytes().await;
             unban.push(t.elapsed());
             assert_eq!(status, 200);
-            assert!(app.decider.answer(addr).allows(), "{target} allowed at once");
+            assert!(
+                app.decider.answer(addr).allows(),
+                "{target} allowed at once"
+            );
         }
         let mut delete = Vec::new();
         for k in 0..20u32 {
