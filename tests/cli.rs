@@ -93,6 +93,7 @@ fn the_example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .env("CERBERUS_FORWARD_AUTH_LISTEN", "off")
+        .env("CERBERUS_ADMIN_LISTEN", "off")
         .current_dir(dir.path())
         .args(["check", "-c"])
         .arg(&example)
@@ -135,7 +136,6 @@ fn run_until_ready_then_signal(signal: i32) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .env("CERBERUS_FORWARD_AUTH_LISTEN", "off")
-        // The two run tests go in parallel: the default admin port would be taken twice.
         .env("CERBERUS_ADMIN_LISTEN", "off")
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
@@ -218,6 +218,7 @@ fn a_kill_during_persistence_leaves_a_database_that_opens_whole() {
         let spawn = |url: &str| {
             Command::new(BIN)
                 .env("CERBERUS_FORWARD_AUTH_LISTEN", "off")
+                .env("CERBERUS_ADMIN_LISTEN", "off")
                 .current_dir(dir.path())
                 .env("CERBERUS_API_URL", url)
                 .env("CERBERUS_API_KEY", "k")

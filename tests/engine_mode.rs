@@ -57,6 +57,28 @@ async fn the_switch_runs_the_engine_and_its_decisions_reach_the_hot_path() {
         let (_, s) = admin.get("/status").await;
         assert_eq!(s["mode"], "engine", "{s}");
         assert_eq!(s["engine"]["wanted"], true, "{s}");
+        // The diagnostics cover the engine: config, acquisition, credentials, process.
+        let (_, diag) = admin.get("/diagnostics/config").await;
+        for name in [
+            "engine_config",
+            "engine_acquisition",
+            "engine_credentials",
+            "engine",
+            "lapi",
+            "bouncer_key",
+            "watcher",
+        ] {
+            let c = diag["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name);
+            assert_eq!(
+                c.map(|c| c["status"].clone()),
+                Some("ok".into()),
+                "{name}: {diag}"
+            );
+        }
 
         engine.cscli(&["decisions", "add", "--ip", "192.0.2.80", "--duration", "4h"]);
         support::wait_for("the engine's decision on the hot path", 20, || {
@@ -75,6 +97,23 @@ async fn the_switch_runs_the_engine_and_its_decisions_reach_the_hot_path() {
         assert!(!banned(&app, "192.0.2.80"));
         let (_, s) = admin.get("/status").await;
         assert_eq!(s["engine"]["wanted"], false, "{s}");
+        // A log the acquisition names but that does not exist is pointed out.
+        let log = engine.root.join("access.log");
+        std::fs::remove_file(&log).unwrap();
+        let (_, diag) = admin.get("/diagnostics/config").await;
+        let acq = diag["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "engine_acquisition")
+            .unwrap()
+            .clone();
+        assert_eq!(acq["status"], "warn", "{acq}");
+        assert!(
+            acq["detail"].as_str().unwrap().contains("access.log"),
+            "{acq}"
+        );
+        std::fs::write(&log, "").unwrap();
 
         // On again: the engine is back and new decisions arrive.
         let (status, _) = admin.post_empty("/enable").await;

@@ -6,7 +6,7 @@ use super::{json_reply, Admin, Reply};
 use crate::clock;
 use crate::lapi::PullError;
 use hyper::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -282,6 +282,9 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
     });
 
     out.extend(console_checks(admin));
+    if let Some(engine) = &admin.engine {
+        out.extend(engine_checks(&admin.config, engine));
+    }
     out.push(socket_check(admin));
     out.push(data_dir_check(c));
     out.push(if admin.decider.enabled() {
@@ -328,9 +331,10 @@ fn console_checks(admin: &Admin) -> [Check; 2] {
             "ok",
             format!("the central API accepted the engine's heartbeat at {} ({} ms)", hb.at, hb.latency_ms),
         ),
+        // Only an enrolled engine is expected to stand well with the central API.
         Some(hb) => Check::new(
             "heartbeat",
-            "fail",
+            if console.state() == EnrollState::Enrolled { "fail" } else { "warn" },
             format!("the last heartbeat ({}) failed: {}", hb.at, hb.error.unwrap_or_default()),
         )
         .fix("fix what the error names, then POST /api/v1/cerberus/crowdsec/console/heartbeat to check at once"),
@@ -340,6 +344,145 @@ fn console_checks(admin: &Admin) -> [Check; 2] {
             .fix("wait a few seconds, or POST /api/v1/cerberus/crowdsec/console/heartbeat"),
     };
     [enroll, heartbeat]
+}
+
+/// The managed engine: its config, acquisition and credential files, and its process.
+fn engine_checks(
+    config: &crate::config::Config,
+    engine: &crate::engine::managed::EngineControl,
+) -> Vec<Check> {
+    use crate::engine::supervisor::read_engine_config;
+    let file = &config.engine.config_file;
+    let mut out = Vec::new();
+    let info = match read_engine_config(file) {
+        Ok(i) => {
+            out.push(Check::new(
+                "engine_config",
+                "ok",
+                format!("{} is usable; its LAPI is {}", file.display(), i.lapi_url),
+            ));
+            i
+        }
+        Err(e) => {
+            out.push(
+                Check::new("engine_config", "fail", format!("{}: {e}", file.display())).fix(
+                    "fix engine.config_file (crowdsec -c FILE -t shows the engine's own view)",
+                ),
+            );
+            return out;
+        }
+    };
+    out.push(acquisition_check(file));
+    out.push(match std::fs::metadata(&info.credentials_path) {
+        Ok(_) => Check::new(
+            "engine_credentials",
+            "ok",
+            format!(
+                "the agent's LAPI login is in {}",
+                info.credentials_path.display()
+            ),
+        ),
+        Err(_) if engine.wanted() => Check::new(
+            "engine_credentials",
+            "warn",
+            format!(
+                "{} is missing; cerberus creates it at the next engine start",
+                info.credentials_path.display()
+            ),
+        ),
+        Err(e) => Check::new(
+            "engine_credentials",
+            "warn",
+            format!("{}: {e}", info.credentials_path.display()),
+        ),
+    });
+    let status = engine.supervisor.status();
+    let state = serde_json::to_value(&status)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    out.push(match (engine.wanted(), state.as_str()) {
+        (true, "running") => Check::new("engine", "ok", "the CrowdSec engine runs"),
+        (false, _) => Check::new("engine", "skip", "protection is off, so the engine is stopped"),
+        (true, "starting" | "restarting") => Check::new("engine", "warn", format!("the engine is {state}")),
+        (true, other) => Check::new(
+            "engine",
+            "fail",
+            format!(
+                "the engine is {other}: {}",
+                serde_json::to_value(&status)
+                    .ok()
+                    .and_then(|v| v["last_error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "see the log".into())
+            ),
+        )
+        .fix("run `crowdsec -c ENGINE_CONFIG -t` to see the engine's complaint; cerberus retries the start"),
+    });
+    out
+}
+
+/// `crowdsec_service.acquisition_path`: present, YAML, each source naming what it reads;
+/// log files that do not exist yet are named (CrowdSec 1.4 does not pick them up later).
+fn acquisition_check(file: &std::path::Path) -> Check {
+    let yaml = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&t).ok());
+    let Some(path) = yaml.as_ref().and_then(|v| {
+        v["crowdsec_service"]["acquisition_path"]
+            .as_str()
+            .map(std::path::PathBuf::from)
+    }) else {
+        return Check::new("engine_acquisition", "fail", "crowdsec_service.acquisition_path is not set: the engine reads no logs")
+            .fix("point it at a file such as acquis.yaml with `filenames: [/var/log/caddy/access.log]` and `labels: {type: caddy}`");
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Check::new(
+                "engine_acquisition",
+                "fail",
+                format!("{}: {e}", path.display()),
+            )
+            .fix("create the acquisition file the engine config names")
+        }
+    };
+    let mut sources = 0;
+    let mut missing = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = match serde_yaml_ng::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                return Check::new(
+                    "engine_acquisition",
+                    "fail",
+                    format!("{}: invalid YAML: {e}", path.display()),
+                )
+            }
+        };
+        if v.is_null() {
+            continue;
+        }
+        sources += 1;
+        let files = v["filenames"].as_sequence().cloned().unwrap_or_default();
+        for f in files.iter().chain(v.get("filename")) {
+            if let Some(f) = f.as_str() {
+                if !f.contains('*') && !std::path::Path::new(f).exists() {
+                    missing.push(f.to_string());
+                }
+            }
+        }
+    }
+    match (sources, missing.is_empty()) {
+        (0, _) => Check::new("engine_acquisition", "fail", format!("{} names no log source", path.display()))
+            .fix("add a source, e.g. `filenames: [/var/log/caddy/access.log]` with `labels: {type: caddy}`"),
+        (_, true) => Check::new("engine_acquisition", "ok", format!("{} names {sources} source(s)", path.display())),
+        (_, false) => Check::new(
+            "engine_acquisition",
+            "warn",
+            format!("{}: these logs do not exist yet: {}", path.display(), missing.join(", ")),
+        )
+        .fix("create the files before the engine starts (CrowdSec 1.4 does not pick up files created later), e.g. `touch` them"),
+    }
 }
 
 fn socket_check(admin: &Admin) -> Check {

@@ -147,20 +147,7 @@ impl Watcher {
                     .bearer_auth(token)
             })
             .await?;
-        if !resp.status().is_success() {
-            return Err(status_error("delete decisions", resp).await);
-        }
-        let deleted: Deleted = resp.json().await.map_err(|e| WatcherError::BadAnswer {
-            what: "delete decisions",
-            detail: e.to_string(),
-        })?;
-        deleted
-            .nb_deleted
-            .parse()
-            .map_err(|_| WatcherError::BadAnswer {
-                what: "delete decisions",
-                detail: format!("nbDeleted {:?}", deleted.nb_deleted),
-            })
+        deleted_count("delete decisions", resp).await
     }
 
     /// Logs in now (not from the cache): whether the credentials work.
@@ -177,20 +164,7 @@ impl Watcher {
                     .bearer_auth(token)
             })
             .await?;
-        if !resp.status().is_success() {
-            return Err(status_error("delete decision", resp).await);
-        }
-        let deleted: Deleted = resp.json().await.map_err(|e| WatcherError::BadAnswer {
-            what: "delete decision",
-            detail: e.to_string(),
-        })?;
-        deleted
-            .nb_deleted
-            .parse()
-            .map_err(|_| WatcherError::BadAnswer {
-                what: "delete decision",
-                detail: format!("nbDeleted {:?}", deleted.nb_deleted),
-            })
+        deleted_count("delete decision", resp).await
     }
 
     /// The source country of the alerts behind active decisions, by decision id (LAPI
@@ -272,6 +246,24 @@ impl Watcher {
             Err(status_error("create alert", resp).await)
         }
     }
+}
+
+/// The `{"nbDeleted":"N"}` of a delete, as a number.
+async fn deleted_count(what: &'static str, resp: reqwest::Response) -> Result<u64, WatcherError> {
+    if !resp.status().is_success() {
+        return Err(status_error(what, resp).await);
+    }
+    let deleted: Deleted = resp.json().await.map_err(|e| WatcherError::BadAnswer {
+        what,
+        detail: e.to_string(),
+    })?;
+    deleted
+        .nb_deleted
+        .parse()
+        .map_err(|_| WatcherError::BadAnswer {
+            what,
+            detail: format!("nbDeleted {:?}", deleted.nb_deleted),
+        })
 }
 
 async fn status_error(what: &'static str, resp: reqwest::Response) -> WatcherError {

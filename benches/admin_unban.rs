@@ -1,0 +1,166 @@
+//! Unban through the admin API to "allow" on the hot path, with a large decision set:
+//! a standalone daemon in-process holding N single-IP bans (default 1,000,000) and 10k
+//! ranges, then `POST /unban` over HTTP for 200 banned IPs, one at a time. The time is
+//! from sending the request to its answer; the answer leaves only after the change is
+//! published, and each iteration checks that the hot path allows the IP right after.
+//! Also timed: `DELETE /decisions/{id}` (finds the id by a scan) and a `GET /decisions`
+//! page. Run: `cargo bench --bench admin_unban` (or `-- 100000` for another size).
+
+use cerberus::decision::{Decision, Target};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+fn ip(i: u32) -> Ipv4Addr {
+    // Spread over 10.0.0.0/8 and beyond, away from the ranges (172.16/12).
+    Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761) >> 4))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let config = cerberus::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            socket: dir.path().join("cerberus.sock"),
+            forward_auth_listen: cerberus::config::Listen::Off,
+            admin_listen: cerberus::config::Listen::Tcp("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let app = cerberus::app::start(config).await.unwrap();
+        let expires = cerberus::clock::now_secs_precise() + 86_400;
+        let mut batch = Vec::with_capacity(100_000);
+        let started = Instant::now();
+        for i in 0..n as u32 {
+            batch.push(Decision {
+                id: i as i64 + 1,
+                target: Target::from_ip(IpAddr::V4(ip(i))),
+                type_name: "ban".into(),
+                origin: "lists".into(),
+                scenario: "bench".into(),
+                expires_at: expires,
+            });
+            if batch.len() == 100_000 {
+                app.control
+                    .insert(std::mem::take(&mut batch))
+                    .await
+                    .unwrap();
+            }
+        }
+        for r in 0..10_000u32 {
+            batch.push(Decision {
+                id: n as i64 + 1 + r as i64,
+                target: Target::parse(&format!("172.{}.{}.0/24", 16 + (r >> 8) % 16, r & 0xff))
+                    .unwrap(),
+                type_name: "ban".into(),
+                origin: "lists".into(),
+                scenario: "bench ranges".into(),
+                expires_at: expires,
+            });
+        }
+        app.control
+            .insert(std::mem::take(&mut batch))
+            .await
+            .unwrap();
+        let persist = app.persist.clone();
+        tokio::task::spawn_blocking(move || persist.flush())
+            .await
+            .unwrap();
+        eprintln!(
+            "{} decisions in place and persisted in {:.1}s",
+            app.decider.snapshot().len(),
+            started.elapsed().as_secs_f64()
+        );
+
+        let base = format!(
+            "http://{}/api/v1/cerberus/crowdsec",
+            app.admin_addr.as_deref().unwrap()
+        );
+        let http = reqwest::Client::new();
+        let token = app.admin_token.clone();
+        let mut unban = Vec::new();
+        for k in 0..200u32 {
+            let target = ip(k * 4999 % n as u32);
+            let addr = IpAddr::V4(target);
+            assert!(
+                !app.decider.answer(addr).allows(),
+                "{target} is banned before"
+            );
+            let t = Instant::now();
+            let resp = http
+                .post(format!("{base}/unban"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"value": target.to_string()}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let _ = resp.bytes().await;
+            unban.push(t.elapsed());
+            assert_eq!(status, 200);
+            assert!(
+                app.decider.answer(addr).allows(),
+                "{target} allowed at once"
+            );
+        }
+        let mut delete = Vec::new();
+        for k in 0..20u32 {
+            let id = (k * 7919 % n as u32) as i64 + 2;
+            let t = Instant::now();
+            let resp = http
+                .delete(format!("{base}/decisions/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let _ = resp.bytes().await;
+            delete.push(t.elapsed());
+            assert!(status == 200 || status == 404);
+        }
+        let mut list = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let resp = http
+                .get(format!("{base}/decisions?limit=100"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            let _ = resp.bytes().await;
+            list.push(t.elapsed());
+        }
+        for v in [&mut unban, &mut delete, &mut list] {
+            v.sort();
+        }
+        let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+        println!("| operation ({n} IPs + 10k ranges) | runs | p50 | p99 | max |");
+        println!("|---|---|---|---|---|");
+        for (name, v) in [
+            ("POST /unban {value} (answer = published)", &unban),
+            ("DELETE /decisions/{id} (scan for the id)", &delete),
+            ("GET /decisions?limit=100 (scan + page)", &list),
+        ] {
+            println!(
+                "| {name} | {} | {} | {} | {} |",
+                v.len(),
+                ms(percentile(v, 0.5)),
+                ms(percentile(v, 0.99)),
+                ms(*v.last().unwrap())
+            );
+        }
+        app.stop().await;
+    });
+}
