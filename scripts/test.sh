@@ -211,7 +211,7 @@ count_cargo_tests() {
 
 cargo_test() {
     local log="$LOG_DIR/cargo-test.log" rc=0
-    cargo test --workspace 2>&1 | tee "$log" || rc=$?
+    cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || rc=$?
     count_cargo_tests "$log"
     return "$rc"
 }
