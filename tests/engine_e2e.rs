@@ -22,7 +22,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::admin::{with_admin, AdminClient};
 use support::caddy::{free_port, status, wait_status, Caddy};
-use support::engine_env::{IndexServer, ManagedEngineDir};
+use support::engine_env::{caddy_engine, IndexServer};
+use support::managed_engine::{bins, Engine};
 
 const ATTACKER: &str = "127.0.0.5";
 const NEIGHBOUR: &str = "127.0.0.6";
@@ -117,11 +118,11 @@ fn logged_from(log: &Path, ip: &str) -> usize {
 }
 
 /// cerberus in engine mode on `engine`, its admin API on loopback, nothing beyond it.
-fn cerberus_config(engine: &ManagedEngineDir, hub_url: &str) -> Config {
-    let mut c = with_admin(support::config(&engine.cerberus_data, None, None));
+fn cerberus_config(engine: &Engine, hub_url: &str) -> Config {
+    let mut c = with_admin(support::config(&engine.data_dir, None, None));
     c.engine.enabled = true;
-    c.engine.crowdsec_bin = engine.crowdsec.clone();
-    c.engine.cscli_bin = engine.cscli.clone();
+    c.engine.crowdsec_bin = bins().crowdsec.clone();
+    c.engine.cscli_bin = bins().cscli.clone();
     c.engine.config_file = engine.config.clone();
     c.engine.hub_url = hub_url.to_string();
     // Loopback only: no central API, no heartbeats.
@@ -135,7 +136,7 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
     let logs = support::logs();
     let began = Instant::now();
     let caddy_bin = tokio::task::spawn_blocking(our_caddy).await.unwrap();
-    let engine = ManagedEngineDir::new();
+    let engine = caddy_engine();
     let hub = IndexServer::start(support::engine_env::index_2023()).await;
     bounded(300, async {
         // cerberus starts the engine itself and pulls from its LAPI.

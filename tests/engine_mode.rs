@@ -98,7 +98,7 @@ async fn the_switch_runs_the_engine_and_its_decisions_reach_the_hot_path() {
         let (_, s) = admin.get("/status").await;
         assert_eq!(s["engine"]["wanted"], false, "{s}");
         // A log the acquisition names but that does not exist is pointed out.
-        let log = engine.root.join("access.log");
+        let log = engine.caddy_log.clone();
         std::fs::remove_file(&log).unwrap();
         let (_, diag) = admin.get("/diagnostics/config").await;
         let acq = diag["checks"]

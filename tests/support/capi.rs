@@ -22,8 +22,7 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -315,28 +314,7 @@ fn route(
 
 /// Debian's crowdsec package, unpacked once per test process: the path of its cscli.
 pub fn cscli() -> PathBuf {
-    static CSCLI: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let result = CSCLI.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/crowdsec-lapi.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("install")
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "crowdsec-lapi.sh install failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("CSCLI="))
-            .map(PathBuf::from)
-            .ok_or_else(|| "crowdsec-lapi.sh install printed no CSCLI=".to_string())
-    });
-    result.clone().unwrap_or_else(|e| panic!("{e}"))
+    super::managed_engine::bins().cscli.clone()
 }
 
 /// A CrowdSec engine config (nothing runs) for cscli: its LAPI section, hub, console

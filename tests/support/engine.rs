@@ -10,34 +10,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 /// The unpacked `crowdsec` and `cscli` binaries.
 pub fn binaries() -> (PathBuf, PathBuf) {
-    static BINS: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
-    let got = BINS.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/crowdsec-lapi.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("install")
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "crowdsec-lapi.sh install failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(PathBuf::from)
-                .ok_or_else(|| format!("crowdsec-lapi.sh install printed no {key}: {text}"))
-        };
-        Ok((get("CROWDSEC=")?, get("CSCLI=")?))
-    });
-    got.clone().unwrap_or_else(|e| panic!("{e}"))
+    let b = super::managed_engine::bins();
+    (b.crowdsec.clone(), b.cscli.clone())
 }
 
 /// An engine config and its directories, removed on drop.
@@ -133,19 +110,7 @@ impl EngineDir {
 
     /// `cscli -c CONFIG ARGS`; its stdout, or a panic with its output.
     pub fn cscli(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.cscli)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cscli {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        super::managed_engine::cscli(&self.cscli, &self.config, args)
     }
 
     /// `crowdsec -c CONFIG -t`: whether it passed, and its output.

@@ -55,6 +55,23 @@ pub fn bins() -> &'static Bins {
     })
 }
 
+/// `CSCLI -c CONFIG ARGS`; its stdout, or a panic with its output.
+pub fn cscli(cscli: &Path, config: &Path, args: &[&str]) -> String {
+    let out = Command::new(cscli)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cscli {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn free_port() -> u16 {
     use rand::Rng;
     // Below the ephemeral range, so no outgoing connection takes it meanwhile.
@@ -67,18 +84,38 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000-32000");
 }
 
-/// A CrowdSec engine config (agent + LAPI) in a temporary directory: no hub items, one
-/// file acquisition of type caddy on an empty log file.
+/// A CrowdSec engine config (agent + LAPI) in a temporary directory, on its own loopback
+/// port: one file acquisition of type caddy on a log file that exists before the engine
+/// starts (1.4.6 only tails files that exist then); by default no hub items.
 pub struct Engine {
     pub dir: tempfile::TempDir,
+    /// The directory, canonical: config.yaml, config/, hub/, data/, crowdsec.db, crowdsec.log.
     pub root: PathBuf,
     pub config: PathBuf,
+    /// A data_dir for cerberus next to the engine (bouncer key, pid file).
     pub data_dir: PathBuf,
     pub port: u16,
+    /// The Caddy access log the engine reads.
+    pub caddy_log: PathBuf,
+}
+
+/// What an [`Engine`] differs by.
+#[derive(Default)]
+pub struct EngineOptions {
+    /// The log to read (created empty if missing). Default `DIR/access.log`.
+    pub caddy_log: Option<PathBuf>,
+    /// The hub index in the hub dir. Default: empty sections (the 1.4.6 agent needs them).
+    pub index: Option<Vec<u8>>,
+    /// Serve the engine's Prometheus metrics (so `cscli metrics` tells what was parsed).
+    pub prometheus: bool,
 }
 
 impl Engine {
     pub fn new() -> Engine {
+        Engine::with(EngineOptions::default())
+    }
+
+    pub fn with(opts: EngineOptions) -> Engine {
         let bins = bins();
         let dir = tempfile::Builder::new()
             .prefix("cerberus-engine-")
@@ -92,11 +129,10 @@ impl Engine {
         }
         // The 1.4.6 agent needs the hub index to have these sections, even empty
         // ("no scenarios in hubIdx" otherwise); `{}` is enough only for -no-cs.
-        std::fs::write(
-            root.join("hub/.index.json"),
-            r#"{"parsers":{},"postoverflows":{},"scenarios":{},"collections":{}}"#,
-        )
-        .unwrap();
+        let index = opts.index.unwrap_or_else(|| {
+            br#"{"parsers":{},"postoverflows":{},"scenarios":{},"collections":{}}"#.to_vec()
+        });
+        std::fs::write(root.join("hub/.index.json"), index).unwrap();
         std::fs::copy(pkg.join("profiles.yaml"), root.join("profiles.yaml")).unwrap();
         std::fs::copy(
             pkg.join("simulation.yaml"),
@@ -110,15 +146,26 @@ impl Engine {
             .status()
             .unwrap();
         assert!(status.success(), "cannot copy the grok patterns");
-        std::fs::write(root.join("access.log"), "").unwrap();
+        let caddy_log = opts.caddy_log.unwrap_or_else(|| root.join("access.log"));
+        if !caddy_log.exists() {
+            std::fs::write(&caddy_log, "").unwrap();
+        }
         std::fs::write(
             root.join("config/acquis.yaml"),
             format!(
                 "filenames:\n  - {}\nlabels:\n  type: caddy\n",
-                root.join("access.log").display()
+                caddy_log.display()
             ),
         )
         .unwrap();
+        let prometheus = if opts.prometheus {
+            format!(
+                "  enabled: true\n  level: full\n  listen_addr: 127.0.0.1\n  listen_port: {}\n",
+                free_port()
+            )
+        } else {
+            "  enabled: false\n".to_string()
+        };
         let r = root.display();
         let plugins = bins.root.join("usr/lib/crowdsec/plugins");
         let config = root.join("config.yaml");
@@ -146,6 +193,7 @@ crowdsec_service:
 cscli:
   output: human
   color: \"no\"
+  hub_branch: master
 db_config:
   log_level: info
   type: sqlite
@@ -162,8 +210,7 @@ api:
     trusted_ips:
       - 127.0.0.1
 prometheus:
-  enabled: false
-",
+{prometheus}",
                 plugins = plugins.display()
             ),
         )
@@ -174,6 +221,23 @@ prometheus:
             root,
             config,
             port,
+            caddy_log,
+        }
+    }
+
+    /// Waits until the engine's log shows `n` finished reloads (SIGHUP); bounded.
+    pub async fn wait_reloaded(&self, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = self.log();
+            if log.matches("Reload is finished").count() >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine did not finish reload #{n} within {secs}s; its log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -191,19 +255,7 @@ prometheus:
 
     /// `cscli -c CONFIG ARGS`; panics with its output when it fails.
     pub fn cscli(&self, args: &[&str]) -> String {
-        let out = Command::new(&bins().cscli)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cscli {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cscli(&bins().cscli, &self.config, args)
     }
 
     /// The engine's own log so far.
