@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::admin::{with_admin, AdminClient};
-use support::caddy::{free_port, status, wait_status, Caddy};
+use support::caddy::{free_port, our_caddy, status, wait_status, Caddy};
 use support::engine_env::{caddy_engine, IndexServer};
 use support::managed_engine::{bins, Engine};
 
@@ -43,22 +43,6 @@ fn browser_from(local: &str) -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
-}
-
-/// Builds our Caddy once (seconds with a warm Go cache).
-fn our_caddy() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("bash")
-        .arg(root.join("scripts/build-caddy.sh"))
-        .output()
-        .expect("run scripts/build-caddy.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-caddy.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    root.join("caddy-module/bin/caddy").display().to_string()
 }
 
 /// One site: JSON access log to `log`, cerberus on `socket` (fail closed), `/` answers

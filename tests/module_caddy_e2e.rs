@@ -5,26 +5,9 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
-use support::caddy::{client_from, free_port, status, wait_status, Caddy};
+use support::caddy::{client_from, free_port, our_caddy, status, wait_status, Caddy};
 use support::lapi::Lapi;
-
-/// Builds our Caddy once (about 7 s with a warm Go cache, minutes from nothing).
-fn our_caddy() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("bash")
-        .arg(root.join("scripts/build-caddy.sh"))
-        .output()
-        .expect("run scripts/build-caddy.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-caddy.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    root.join("caddy-module/bin/caddy").display().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_follows_lapi_and_applies_the_fail_policy_while_the_daemon_is_down() {
