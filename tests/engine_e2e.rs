@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::admin::{with_admin, AdminClient};
 use support::caddy::{free_port, our_caddy, status, wait_status, Caddy};
-use support::engine_env::{caddy_engine, IndexServer};
+use support::engine_env::{caddy_engine, caddy_presets, IndexServer};
 use support::managed_engine::{bins, Engine};
 
 const ATTACKER: &str = "127.0.0.5";
@@ -120,8 +120,9 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
     let logs = support::logs();
     let began = Instant::now();
     let caddy_bin = tokio::task::spawn_blocking(our_caddy).await.unwrap();
-    let engine = caddy_engine();
-    let hub = IndexServer::start(support::engine_env::index_2023()).await;
+    let presets = caddy_presets();
+    let engine = caddy_engine(presets.index.clone());
+    let hub = IndexServer::start(presets.index.clone()).await;
     bounded(300, async {
         // cerberus starts the engine itself and pulls from its LAPI.
         let config = cerberus_config(&engine, &hub.url);
@@ -136,14 +137,7 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
         assert_eq!(s["engine"]["status"]["state"], "running", "{s}");
 
         // The presets, through the admin API; each install reloads the engine.
-        // `crowdsecurity/caddy` alone parses nothing: its parser wants
-        // `evt.Parsed.program`, which the raw-stage `non-syslog` node of
-        // `crowdsecurity/syslog-logs` sets from the acquisition label (CrowdSec's own
-        // install brings it with `crowdsecurity/linux`).
-        for (i, preset) in ["crowdsecurity/syslog-logs", "crowdsecurity/caddy"]
-            .iter()
-            .enumerate()
-        {
+        for (i, preset) in presets.install.iter().enumerate() {
             let (code, report) = admin
                 .post("/hub/presets/install", json!({ "name": preset }))
                 .await;
@@ -159,11 +153,11 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
             .as_array()
             .unwrap()
             .iter()
-            .find(|p| p["name"] == "crowdsecurity/caddy")
-            .unwrap_or_else(|| panic!("crowdsecurity/caddy not listed: {list}"));
+            .find(|p| p["name"] == presets.collection)
+            .unwrap_or_else(|| panic!("{} not listed: {list}", presets.collection));
         assert_eq!(caddy["installed"], true, "{caddy}");
         let scenarios = engine.cscli(&["scenarios", "list"]);
-        assert!(scenarios.contains("crowdsecurity/http-probing"), "{scenarios}");
+        assert!(scenarios.contains(presets.scenario), "{scenarios}");
 
         let port = free_port();
         let caddy = Caddy::start(

@@ -90,13 +90,126 @@ impl Drop for IndexServer {
     }
 }
 
-/// An engine that reads a Caddy log, with the 2023 index in its hub dir (hub items can
-/// then be installed for it) and its Prometheus metrics on, so that `cscli metrics` can
-/// tell what was read and parsed when a test times out.
-pub fn caddy_engine() -> Engine {
+/// An engine that reads a Caddy log, with `index` in its hub dir (hub items can then be
+/// installed for it) and its Prometheus metrics on, so that `cscli metrics` can tell what
+/// was read and parsed when a test times out.
+pub fn caddy_engine(index: Vec<u8>) -> Engine {
     Engine::with(EngineOptions {
-        index: Some(index_2023()),
+        index: Some(index),
         prometheus: true,
         caddy_log: None,
     })
+}
+
+/// What detects a prober in Caddy's log, and where it comes from: the real 2023 hub when
+/// its copy is present, else the project's own small index.
+pub struct CaddyPresets {
+    pub index: Vec<u8>,
+    /// Installed in this order.
+    pub install: Vec<&'static str>,
+    pub collection: &'static str,
+    pub scenario: &'static str,
+    /// The real hub's items (not ours).
+    pub real: bool,
+}
+
+pub fn caddy_presets() -> CaddyPresets {
+    if hub_fixtures().join(INDEX_2023).exists() {
+        // `crowdsecurity/caddy` alone parses nothing: its parser wants
+        // `evt.Parsed.program`, which the raw-stage `non-syslog` node of
+        // `crowdsecurity/syslog-logs` sets from the acquisition label (CrowdSec's own
+        // install brings it with `crowdsecurity/linux`).
+        return CaddyPresets {
+            index: index_2023(),
+            install: vec!["crowdsecurity/syslog-logs", "crowdsecurity/caddy"],
+            collection: "crowdsecurity/caddy",
+            scenario: "crowdsecurity/http-probing",
+            real: true,
+        };
+    }
+    eprintln!(
+        "hub fixtures not found in {} (set CERBERUS_HUB_FIXTURES): using the project's own \
+         Caddy parser and probing scenario",
+        hub_fixtures().display()
+    );
+    CaddyPresets {
+        index: own_caddy_index(),
+        install: vec!["cerberus/caddy-probing"],
+        collection: "cerberus/caddy-probing",
+        scenario: "cerberus/http-probing",
+        real: false,
+    }
+}
+
+/// A parser of Caddy's JSON access log (1.4.6 expression helpers only).
+const OWN_PARSER: &str = r#"onsuccess: next_stage
+filter: "evt.Line.Labels.type == 'caddy'"
+name: cerberus/caddy-json-logs
+description: "Caddy's JSON access log (cerberus test parser)"
+statics:
+  - meta: log_type
+    value: http_access-log
+  - meta: service
+    value: http
+  - meta: source_ip
+    expression: "JsonExtract(evt.Line.Raw, 'request.remote_ip')"
+  - meta: http_status
+    expression: "JsonExtract(evt.Line.Raw, 'status')"
+  - meta: http_path
+    expression: "JsonExtract(evt.Line.Raw, 'request.uri')"
+"#;
+
+/// More than 10 distinct missing paths from one address within seconds.
+const OWN_SCENARIO: &str = r#"type: leaky
+name: cerberus/http-probing
+description: "A client asking for many missing paths (cerberus test scenario)"
+filter: "evt.Meta.log_type == 'http_access-log' && evt.Meta.http_status == '404'"
+groupby: "evt.Meta.source_ip"
+distinct: "evt.Meta.http_path"
+capacity: 10
+leakspeed: "10s"
+blackhole: 1m
+labels:
+  service: http
+  type: scan
+  remediation: true
+"#;
+
+/// Our own hub index (the `.index.json` format): `cerberus/caddy-probing`, a collection
+/// of the parser and the scenario above.
+pub fn own_caddy_index() -> Vec<u8> {
+    use base64::Engine as _;
+    use serde_json::json;
+    let item = |path: &str, body: &str, description: &str| {
+        let hex = cerberus::engine::hub::sha256_hex(body.as_bytes());
+        let mut v = json!({
+            "path": path, "version": "0.1",
+            "versions": {"0.1": {"digest": hex, "deprecated": false}},
+            "description": description, "author": "cerberus", "labels": null,
+            "content": base64::engine::general_purpose::STANDARD.encode(body),
+        });
+        if let Some(stage) = path
+            .strip_prefix("parsers/")
+            .and_then(|p| p.split('/').next())
+        {
+            v["stage"] = json!(stage);
+        }
+        v
+    };
+    let collection =
+        "parsers:\n  - cerberus/caddy-json-logs\nscenarios:\n  - cerberus/http-probing\n";
+    let mut coll = item(
+        "collections/cerberus/caddy-probing.yaml",
+        collection,
+        "Caddy: parser and probing detection",
+    );
+    coll["parsers"] = json!(["cerberus/caddy-json-logs"]);
+    coll["scenarios"] = json!(["cerberus/http-probing"]);
+    let index = json!({
+        "parsers": {"cerberus/caddy-json-logs": item("parsers/s01-parse/cerberus/caddy-json-logs.yaml", OWN_PARSER, "Caddy JSON access logs")},
+        "scenarios": {"cerberus/http-probing": item("scenarios/cerberus/http-probing.yaml", OWN_SCENARIO, "Probing for missing paths")},
+        "postoverflows": {},
+        "collections": {"cerberus/caddy-probing": coll},
+    });
+    serde_json::to_vec_pretty(&index).unwrap()
 }
