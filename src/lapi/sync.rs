@@ -405,16 +405,6 @@ impl Syncer {
         Ok(self.apply(kind, started, sink, result))
     }
 
-    /// One pull, applied and published only if the whole answer was good.
-    pub async fn pull_once(&mut self, full: bool) -> Result<(), PullError> {
-        let started = Instant::now();
-        let sink = self.sink(full);
-        let kind = if full { "startup" } else { "delta" };
-        let client = self.client.clone().expect("pulls only with a client");
-        let (sink, result) = client.pull(full, sink).await;
-        self.apply(kind, started, sink, result)
-    }
-
     fn sink(&self, full: bool) -> Sink {
         let mode = if full {
             Mode::Full(self.owner.writer.fresh())
