@@ -20,12 +20,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 /// A decision as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub id: i64,
+    pub target: Target,
     pub value: String,
     pub scope: &'static str,
-    #[serde(rename = "type")]
     pub type_name: String,
     pub origin: String,
     pub scenario: String,
@@ -36,6 +36,7 @@ impl Listed {
     pub fn new(target: Target, v: crate::store::Verdict, meta: &crate::store::Meta) -> Listed {
         Listed {
             id: v.id(),
+            target,
             value: target.to_string(),
             scope: target.scope(),
             type_name: meta.type_name.to_string(),
@@ -43,10 +44,6 @@ impl Listed {
             scenario: meta.scenario.to_string(),
             expires_at: v.expires_at(),
         }
-    }
-
-    fn target(&self) -> Target {
-        Target::parse(&self.value).expect("listed values come from targets")
     }
 }
 
@@ -239,10 +236,9 @@ impl Owner {
         }
         let mut overrides = Vec::new();
         for d in &found {
-            let target = d.target();
-            self.writer.remove(d.id, target);
+            self.writer.remove(d.id, d.target);
             if d.id >= 0 {
-                self.overrides.insert(d.id, (target, d.expires_at));
+                self.overrides.insert(d.id, (d.target, d.expires_at));
                 overrides.push(Override {
                     id: d.id,
                     value: d.value.clone(),
