@@ -17,6 +17,18 @@ use support::capi::{Capi, EngineConfig, Mode};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// A central API stand-in in `mode`, an engine config pointing at it, and cerberus with
+/// the console on (no heartbeat poller), logs captured.
+async fn scene(mode: Mode) -> (Capi, EngineConfig, tempfile::TempDir, Running, AdminClient) {
+    support::logs();
+    let capi = Capi::start(mode).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
+    let admin = AdminClient::new(&app);
+    (capi, engine, dir, app, admin)
+}
+
 async fn start(dir: &Path, engine: Option<&EngineConfig>, heartbeat: Duration) -> Running {
     let mut config = with_admin(support::config(dir, None, None));
     if let Some(e) = engine {
@@ -81,12 +93,7 @@ fn assert_key_never_logged(key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_cscli_enrolls_and_the_state_survives_a_restart() {
-    support::logs();
-    let capi = Capi::start(Mode::Ok).await;
-    let engine = EngineConfig::new(&capi);
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
-    let admin = AdminClient::new(&app);
+    let (capi, engine, dir, app, admin) = scene(Mode::Ok).await;
 
     let (status, before) = admin.get("/console/status").await;
     assert_eq!(status, 200, "{before}");
@@ -170,12 +177,7 @@ async fn real_cscli_enrolls_and_the_state_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_refused_keys_are_named_and_not_retried() {
-    support::logs();
-    let capi = Capi::start(Mode::ExpiredKey).await;
-    let engine = EngineConfig::new(&capi);
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
-    let admin = AdminClient::new(&app);
+    let (capi, engine, _dir, app, admin) = scene(Mode::ExpiredKey).await;
 
     let expired = new_key();
     let (status, body) = enroll(&admin, json!({"enrollment_key": expired})).await;
@@ -219,12 +221,7 @@ async fn expired_and_refused_keys_are_named_and_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_central_api_is_retried_and_names_host_and_port() {
-    support::logs();
-    let capi = Capi::start(Mode::Down).await;
-    let engine = EngineConfig::new(&capi);
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
-    let admin = AdminClient::new(&app);
+    let (capi, engine, _dir, app, admin) = scene(Mode::Down).await;
 
     let key = new_key();
     let (status, body) = enroll(&admin, json!({"enrollment_key": key, "name": "edge"})).await;
@@ -253,12 +250,7 @@ async fn an_unreachable_central_api_is_retried_and_names_host_and_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_then_a_later_enrollment_succeeds() {
-    support::logs();
-    let capi = Capi::start(Mode::ServerError).await;
-    let engine = EngineConfig::new(&capi);
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
-    let admin = AdminClient::new(&app);
+    let (capi, engine, _dir, app, admin) = scene(Mode::ServerError).await;
 
     let key = new_key();
     let (status, body) = enroll(&admin, json!({"enrollment_key": key})).await;
@@ -286,12 +278,7 @@ async fn server_errors_are_retried_then_a_later_enrollment_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn already_enrolled_overwrite_and_a_refused_engine_login() {
-    support::logs();
-    let capi = Capi::start(Mode::AlreadyEnrolled).await;
-    let engine = EngineConfig::new(&capi);
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
-    let admin = AdminClient::new(&app);
+    let (capi, engine, _dir, app, admin) = scene(Mode::AlreadyEnrolled).await;
 
     let key = new_key();
     let (status, body) = enroll(&admin, json!({"enrollment_key": key})).await;
@@ -335,12 +322,7 @@ async fn already_enrolled_overwrite_and_a_refused_engine_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_heartbeat_reports_success_and_failure() {
-    support::logs();
-    let capi = Capi::start(Mode::Ok).await;
-    let engine = EngineConfig::new(&capi);
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), Some(&engine), Duration::ZERO).await;
-    let admin = AdminClient::new(&app);
+    let (capi, _engine, _dir, app, admin) = scene(Mode::Ok).await;
 
     let (status, hb) = admin.post_empty("/console/heartbeat").await;
     assert_eq!(status, 200, "{hb}");
