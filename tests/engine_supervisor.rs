@@ -172,18 +172,23 @@ async fn killed_engine_is_restarted() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
-    let logs = support::logs();
-    let engine = Engine::new();
-    // The main process ignores SIGTERM; the real engine it runs is in its process group.
-    let wrapper = engine.script(
+/// A `crowdsec` whose main process ignores SIGTERM; the real engine it runs is in its
+/// process group (fault injection).
+fn term_ignoring_engine(engine: &Engine) -> std::path::PathBuf {
+    engine.script(
         "crowdsec-ignoring-term",
         &format!(
             "#!/bin/bash\ntrap ':' TERM\n\"{}\" \"$@\" &\nwhile :; do sleep 0.2 & wait $!; done\n",
             bins().crowdsec.display()
         ),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    let wrapper = term_ignoring_engine(&engine);
     bounded(120, async {
         let mut settings = engine.settings();
         settings.crowdsec_bin = wrapper.clone();
@@ -447,13 +452,7 @@ async fn engine_dies_with_cerberus() {
 async fn leftover_engine_of_a_crashed_run_is_stopped_before_a_start() {
     let logs = support::logs();
     let engine = Engine::new();
-    let wrapper = engine.script(
-        "crowdsec-ignoring-term",
-        &format!(
-            "#!/bin/bash\ntrap ':' TERM\n\"{}\" \"$@\" &\nwhile :; do sleep 0.2 & wait $!; done\n",
-            bins().crowdsec.display()
-        ),
-    );
+    let wrapper = term_ignoring_engine(&engine);
     bounded(240, async {
         let (mut host, old) = start_host(&engine, &wrapper);
         host.0.kill().unwrap();
