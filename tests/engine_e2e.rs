@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::admin::{with_admin, AdminClient};
 use support::caddy::{free_port, our_caddy, status, wait_status, Caddy};
-use support::engine_env::{caddy_engine, caddy_presets, IndexServer};
+use support::engine_env::{caddy_engine, caddy_presets, HubServer};
 use support::managed_engine::{bins, Engine};
 
 const ATTACKER: &str = "127.0.0.5";
@@ -122,7 +122,7 @@ async fn a_prober_is_banned_by_the_managed_engine_and_let_in_again_by_an_unban()
     let caddy_bin = tokio::task::spawn_blocking(our_caddy).await.unwrap();
     let presets = caddy_presets();
     let engine = caddy_engine(presets.index.clone());
-    let hub = IndexServer::start(presets.index.clone()).await;
+    let hub = HubServer::start(presets.index.clone()).await;
     bounded(300, async {
         // cerberus starts the engine itself and pulls from its LAPI.
         let config = cerberus_config(&engine, &hub.url);

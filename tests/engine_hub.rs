@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use support::engine::EngineDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::engine_env::HubServer;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures: the real indexes, or our own small one.
@@ -298,80 +298,6 @@ fn kind_of(index: &[u8], name: &str) -> String {
 
 // ---------------------------------------------------------------------------------------
 // A loopback hub.
-
-/// Serves `index` at `/hub/.index.json` and `files` at `/hub/<path>`; stops on drop.
-struct HubServer {
-    url: String,
-    index: Arc<Mutex<Vec<u8>>>,
-    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    requests: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HubServer {
-    async fn start(index: Vec<u8>) -> HubServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hub/.index.json", listener.local_addr().unwrap());
-        let index = Arc::new(Mutex::new(index));
-        let files = Arc::new(Mutex::new(HashMap::new()));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (i, f, r) = (index.clone(), files.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let (i, f, r) = (i.clone(), f.clone(), r.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 2048];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    r.fetch_add(1, Ordering::SeqCst);
-                    let line = String::from_utf8_lossy(&head)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
-                    let path = line.split_whitespace().nth(1).unwrap_or("");
-                    let body = match path.strip_prefix("/hub/") {
-                        Some(".index.json") => Some(i.lock().unwrap().clone()),
-                        Some(p) => f.lock().unwrap().get(p).cloned(),
-                        None => None,
-                    };
-                    let (status, body) = match body {
-                        Some(b) => ("200 OK", b),
-                        None => ("404 Not Found", b"not here".to_vec()),
-                    };
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = sock.write_all(head.as_bytes()).await;
-                    let _ = sock.write_all(&body).await;
-                });
-            }
-        });
-        HubServer {
-            url,
-            index,
-            files,
-            requests,
-            task,
-        }
-    }
-
-    fn serve(&self, index: Vec<u8>) {
-        *self.index.lock().unwrap() = index;
-    }
-}
-
-impl Drop for HubServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A URL on a port nobody listens on.
 async fn closed_url() -> String {

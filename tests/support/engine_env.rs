@@ -8,8 +8,10 @@
 //! project. Every process started on a directory's config is killed when it is dropped.
 
 use super::managed_engine::{Engine, EngineOptions};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The file name of the 2023 hub index in the fixtures folder.
@@ -36,22 +38,29 @@ pub fn index_2023() -> Vec<u8> {
     })
 }
 
-/// Serves one index at `/hub/.index.json` on loopback (404 for anything else); stops on
-/// drop. Every item of the real indexes carries its `content`, so nothing else is needed.
-pub struct IndexServer {
+/// Serves `index` at `/hub/.index.json` and `files` at `/hub/<path>`; stops on drop.
+pub struct HubServer {
     /// `http://127.0.0.1:PORT/hub/.index.json`
     pub url: String,
+    index: Arc<Mutex<Vec<u8>>>,
+    /// Item files, by path under `/hub/`.
+    pub files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Requests answered so far.
+    pub requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl IndexServer {
-    pub async fn start(index: Vec<u8>) -> IndexServer {
+impl HubServer {
+    pub async fn start(index: Vec<u8>) -> HubServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hub/.index.json", listener.local_addr().unwrap());
-        let index = Arc::new(index);
+        let index = Arc::new(Mutex::new(index));
+        let files = Arc::new(Mutex::new(HashMap::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (i, f, r) = (index.clone(), files.clone(), requests.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
-                let index = index.clone();
+                let (i, f, r) = (i.clone(), f.clone(), r.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 2048];
@@ -60,31 +69,48 @@ impl IndexServer {
                             Ok(0) | Err(_) => return,
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
-                        if head.len() > 64 * 1024 {
-                            return;
-                        }
                     }
-                    let text = String::from_utf8_lossy(&head);
-                    let path = text.split_whitespace().nth(1).unwrap_or("");
-                    let (status, body): (&str, &[u8]) = if path == "/hub/.index.json" {
-                        ("200 OK", &index)
-                    } else {
-                        ("404 Not Found", b"not here")
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let path = line.split_whitespace().nth(1).unwrap_or("");
+                    let body = match path.strip_prefix("/hub/") {
+                        Some(".index.json") => Some(i.lock().unwrap().clone()),
+                        Some(p) => f.lock().unwrap().get(p).cloned(),
+                        None => None,
+                    };
+                    let (status, body) = match body {
+                        Some(b) => ("200 OK", b),
+                        None => ("404 Not Found", b"not here".to_vec()),
                     };
                     let head = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
                     let _ = sock.write_all(head.as_bytes()).await;
-                    let _ = sock.write_all(body).await;
+                    let _ = sock.write_all(&body).await;
                 });
             }
         });
-        IndexServer { url, task }
+        HubServer {
+            url,
+            index,
+            files,
+            requests,
+            task,
+        }
+    }
+
+    /// Serves another index from now on.
+    pub fn serve(&self, index: Vec<u8>) {
+        *self.index.lock().unwrap() = index;
     }
 }
 
-impl Drop for IndexServer {
+impl Drop for HubServer {
     fn drop(&mut self) {
         self.task.abort();
     }
