@@ -105,7 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             overrides.len()
         );
     }
-    let owner = Owner::new(writer, persist.clone(), overrides, &snap);
+    let owner = Owner::new(writer, persist.clone(), overrides);
 
     // Where decisions come from: nothing (standalone), a fixed LAPI, or the managed engine.
     let (upstream_tx, upstream_rx) = watch::channel(Upstream::default());

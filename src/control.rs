@@ -12,7 +12,7 @@
 use crate::clock;
 use crate::decision::{Decision, Target};
 use crate::persist::{Override, Persister};
-use crate::store::{Snapshot, Writer};
+use crate::store::Writer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,20 +135,13 @@ pub struct Owner {
     pub persist: Arc<Persister>,
     /// Lifted decision ids and until when (unix seconds), with their targets.
     overrides: HashMap<i64, (Target, u32)>,
-    next_local_id: i64,
+    /// The next local (negative) id; found on the first local ban, not at start.
+    next_local_id: Option<i64>,
 }
 
 impl Owner {
-    /// `overrides` as loaded from the database; `current` is the published snapshot (for
-    /// the lowest local id in use).
-    pub fn new(
-        writer: Writer,
-        persist: Arc<Persister>,
-        overrides: Vec<Override>,
-        current: &Snapshot,
-    ) -> Owner {
-        let mut lowest = 0i64;
-        current.for_each(|_, v, _| lowest = lowest.min(v.id()));
+    /// `overrides` as loaded from the database.
+    pub fn new(writer: Writer, persist: Arc<Persister>, overrides: Vec<Override>) -> Owner {
         let overrides = overrides
             .into_iter()
             .filter_map(|o| match Target::parse(&o.value) {
@@ -163,7 +156,7 @@ impl Owner {
             writer,
             persist,
             overrides,
-            next_local_id: lowest - 1,
+            next_local_id: None,
         }
     }
 
@@ -215,8 +208,15 @@ impl Owner {
             } => {
                 for d in &mut decisions {
                     if assign_ids {
-                        d.id = self.next_local_id;
-                        self.next_local_id -= 1;
+                        let id = *self.next_local_id.get_or_insert_with(|| {
+                            let mut lowest = 0i64;
+                            self.writer
+                                .pending()
+                                .for_each(|_, v, _| lowest = lowest.min(v.id()));
+                            lowest - 1
+                        });
+                        d.id = id;
+                        self.next_local_id = Some(id - 1);
                     }
                     self.writer.insert(d);
                 }

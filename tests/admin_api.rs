@@ -401,6 +401,19 @@ async fn ban_list_unban_and_delete_reach_the_hot_path_at_once() {
         "deleted by id before the restart"
     );
     assert!(!banned(&app, "192.0.2.10"));
+    // A new local ban after the restart gets an id below every persisted one.
+    let lowest = list["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    let (status, b) = AdminClient::new(&app)
+        .post("/ban", json!({"value": "203.0.113.99"}))
+        .await;
+    assert_eq!(status, 201, "{b}");
+    assert!(b["id"].as_i64().unwrap() < lowest, "{b} vs {lowest}");
     app.stop().await;
 }
 
