@@ -61,10 +61,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (db, writer_back, loaded, enabled, overrides) = tokio::task::spawn_blocking(move || {
         let db = Db::open(&data_dir)?;
         let now = clock::now_secs_precise();
-        let overrides = db.load_overrides(now)?;
-        let lifted: std::collections::HashSet<i64> = overrides.iter().map(|o| o.id).collect();
+        // Every override, also those past their expiry: a clock far ahead must not end
+        // them (see crate::control); each lifts its decision by (id, target).
+        let overrides = db.load_overrides(0)?;
+        let lifted: std::collections::HashSet<(i64, String)> =
+            overrides.iter().map(|o| (o.id, o.value.clone())).collect();
         let loaded = db.load_decisions(now, |d| {
-            if !lifted.contains(&d.id) {
+            if !lifted.contains(&(d.id, d.target.to_string())) {
                 writer.insert(&d)
             }
         })?;
@@ -88,9 +91,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         loaded.unreadable
     );
     metrics::gauge!(crate::metrics::SNAPSHOT_DECISIONS).set(snap.len() as f64);
+    // Expired decisions were skipped above but stay on disk until the first purge, which
+    // runs only on a wall clock the monotonic clock has vouched for.
     let persist = Arc::new(db.into_writer());
-    // Expired decisions and overrides were skipped above; drop them from disk too.
-    persist.purge(clock::now_secs_precise());
     let stats = Arc::new(SyncStats::default());
     let console = crate::console::Console::from_config(&config)?.map(Arc::new);
     let (shutdown, shutdown_rx) = watch::channel(false);

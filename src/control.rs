@@ -4,12 +4,15 @@
 //! flight), [`run_standalone`] otherwise. Each change is published before the caller
 //! gets its answer, so the hot path sees it at once.
 //!
-//! An unban also records an override per lifted decision id, kept in SQLite until the
-//! decision would have expired: a later full resync that still carries the decision
-//! (LAPI could not be told, or the pull started before the delete) does not bring it
-//! back. The overrides are re-applied after every pull.
+//! An unban also records an override per lifted decision, by (id, target), in the same
+//! SQLite transaction as the row delete, and answers once that is committed: a later
+//! pull that still carries the decision (LAPI could not be told, or the pull started
+//! before the delete) does not bring it back, nor does a crash right after the answer.
+//! The overrides are re-applied after every pull. One is dropped only when the decision
+//! would have expired *and* two full pulls in a row no longer carried it, so a wall clock
+//! that is wrong (ahead at start, or jumped) cannot end an override that still matters.
 
-use crate::clock;
+use crate::clock::{self, ClockWatch};
 use crate::decision::{Decision, Target};
 use crate::persist::{Override, Persister};
 use crate::store::Writer;
@@ -129,23 +132,42 @@ impl Control {
     }
 }
 
+/// An unban in force.
+#[derive(Debug, Clone, Copy)]
+struct Lift {
+    /// The lifted decision's own expiry (unix seconds).
+    until: u32,
+    /// Full pulls in a row that did not carry the decision.
+    missed: u8,
+}
+
 /// The writer and what goes with it: persistence and the overrides.
 pub struct Owner {
     pub writer: Writer,
     pub persist: Arc<Persister>,
-    /// Lifted decision ids and until when (unix seconds), with their targets.
-    overrides: HashMap<i64, (Target, u32)>,
+    /// Lifted decisions by (id, target): an id LAPI reuses on another target is another
+    /// decision.
+    overrides: HashMap<(i64, Target), Lift>,
     /// The next local (negative) id; found on the first local ban, not at start.
     next_local_id: Option<i64>,
+    /// Purges trust the wall clock only while it agrees with the monotonic one.
+    clock: ClockWatch,
 }
 
 impl Owner {
-    /// `overrides` as loaded from the database.
+    /// `overrides` as loaded from the database (all of them, also those past their
+    /// expiry: see the module notes).
     pub fn new(writer: Writer, persist: Arc<Persister>, overrides: Vec<Override>) -> Owner {
         let overrides = overrides
             .into_iter()
             .filter_map(|o| match Target::parse(&o.value) {
-                Some(t) => Some((o.id, (t, o.until))),
+                Some(t) => Some((
+                    (o.id, t),
+                    Lift {
+                        until: o.until,
+                        missed: 0,
+                    },
+                )),
                 None => {
                     warn!("dropping unreadable override for {:?}", o.value);
                     None
@@ -157,6 +179,7 @@ impl Owner {
             persist,
             overrides,
             next_local_id: None,
+            clock: ClockWatch::new(),
         }
     }
 
@@ -164,19 +187,45 @@ impl Owner {
         self.overrides.len()
     }
 
-    /// True when `id` was lifted by an unban that is still in force.
-    pub fn is_lifted(&self, id: i64) -> bool {
-        self.overrides.contains_key(&id)
+    /// True when the decision `id` on `target` was lifted by an unban still in force
+    /// (LAPI still sends it: the override keeps mattering).
+    pub fn is_lifted(&mut self, id: i64, target: Target) -> bool {
+        match self.overrides.get_mut(&(id, target)) {
+            Some(lift) => {
+                lift.missed = 0;
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Removes the overridden decisions from the writer (after a pull, before its
-    /// publish); returns how many were there.
+    /// Removes the overridden decisions from the writer after a full pull, before its
+    /// publish; returns how many were there.
     pub fn apply_overrides(&mut self) -> usize {
         let mut n = 0;
-        for (&id, &(target, _)) in &self.overrides {
-            n += usize::from(self.writer.remove(id, target));
+        for (&(id, target), lift) in self.overrides.iter_mut() {
+            if self.writer.remove(id, target) {
+                lift.missed = 0;
+                n += 1;
+            } else {
+                lift.missed = lift.missed.saturating_add(1);
+            }
         }
         n
+    }
+
+    /// Checks the wall clock against the monotonic one since the last check: `Some(ms)`
+    /// (logged and counted) when it jumped.
+    pub fn clock_jumped(&mut self) -> Option<i64> {
+        let jump = self.clock.check()?;
+        let direction = if jump > 0 { "forward" } else { "backward" };
+        metrics::counter!(crate::metrics::CLOCK_JUMPS, "direction" => direction).increment(1);
+        warn!(
+            "the wall clock jumped {direction} by {:.0}s (against the monotonic clock): \
+             no purge on it; decisions are refreshed by a full resync (when there is a LAPI)",
+            jump.unsigned_abs() as f64 / 1000.0
+        );
+        Some(jump)
     }
 
     /// Handles every command but `PullNow`, which is handed back.
@@ -190,7 +239,7 @@ impl Owner {
                     .into_iter()
                     .map(|(t, v, m)| Listed::new(t, v, m))
                     .collect();
-                let _ = reply.send(self.lift(found));
+                self.lift(found, reply);
             }
             Command::DeleteId { id, reply } => {
                 let mut found = Vec::new();
@@ -199,7 +248,7 @@ impl Owner {
                         found.push(Listed::new(t, v, m));
                     }
                 });
-                let _ = reply.send(self.lift(found));
+                self.lift(found, reply);
             }
             Command::Insert {
                 mut decisions,
@@ -221,7 +270,7 @@ impl Owner {
                     self.writer.insert(d);
                 }
                 self.writer.publish();
-                self.persist.delta(decisions.clone(), Vec::new());
+                self.persist.delta(decisions.clone(), &[]);
                 let _ = reply.send(decisions);
             }
             Command::PullNow { reply } => return Some(reply),
@@ -229,16 +278,22 @@ impl Owner {
         None
     }
 
-    /// Removes the decisions, publishes, and records the overrides.
-    fn lift(&mut self, found: Vec<Listed>) -> Vec<Listed> {
+    /// Removes the decisions and publishes at once; the row deletes and the overrides go
+    /// to SQLite in one transaction, and `reply` is answered once it is committed.
+    fn lift(&mut self, found: Vec<Listed>, reply: oneshot::Sender<Vec<Listed>>) {
         if found.is_empty() {
-            return found;
+            let _ = reply.send(found);
+            return;
         }
         let mut overrides = Vec::new();
         for d in &found {
             self.writer.remove(d.id, d.target);
             if d.id >= 0 {
-                self.overrides.insert(d.id, (d.target, d.expires_at));
+                let lift = Lift {
+                    until: d.expires_at,
+                    missed: 0,
+                };
+                self.overrides.insert((d.id, d.target), lift);
                 overrides.push(Override {
                     id: d.id,
                     value: d.value.clone(),
@@ -247,9 +302,6 @@ impl Owner {
             }
         }
         self.writer.publish();
-        self.persist
-            .delta(Vec::new(), found.iter().map(|d| d.id).collect());
-        self.persist.add_overrides(overrides);
         info!(
             "unbanned {} decision(s): {}",
             found.len(),
@@ -259,13 +311,35 @@ impl Owner {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        found
+        let rows: Vec<(i64, Target)> = found.iter().map(|d| (d.id, d.target)).collect();
+        // A failed commit is logged and counted by the persist thread; memory is right.
+        self.persist.unban(&rows, overrides, move |_| {
+            let _ = reply.send(found);
+        });
     }
 
-    /// Drops expired decisions and overrides from memory and disk.
-    pub fn purge(&mut self) {
-        let now = clock::now_secs_precise();
-        self.overrides.retain(|_, &mut (_, until)| until > now);
+    /// Drops expired decisions and spent overrides from memory and disk, unless the wall
+    /// clock jumped since the last check: then nothing is purged and the jump is returned.
+    pub fn purge(&mut self) -> Option<i64> {
+        if let Some(jump) = self.clock_jumped() {
+            return Some(jump);
+        }
+        self.purge_at(clock::now_secs_precise());
+        None
+    }
+
+    /// The purge at unix second `now`: decisions expired at `now`; overrides past their
+    /// expiry that two full pulls in a row no longer carried.
+    pub fn purge_at(&mut self, now: u32) {
+        let mut spent = Vec::new();
+        self.overrides.retain(|&key, lift| {
+            let keep = lift.until > now || lift.missed < 2;
+            if !keep {
+                spent.push(key);
+            }
+            keep
+        });
+        self.persist.drop_overrides(&spent);
         let n = self.writer.purge_expired(now);
         if n > 0 {
             self.writer.publish();
@@ -286,7 +360,10 @@ pub async fn run_standalone(
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = purge.tick() => owner.purge(),
+            _ = purge.tick() => {
+                // A jump is logged; the next tick purges on the new clock.
+                let _ = owner.purge();
+            }
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(cmd) => {
@@ -296,5 +373,163 @@ pub async fn run_standalone(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::Db;
+    use crate::store::Decider;
+    use std::sync::mpsc as std_mpsc;
+
+    fn dec(id: i64, value: &str, expires_at: u32) -> Decision {
+        Decision {
+            id,
+            target: Target::parse(value).unwrap(),
+            type_name: "ban".into(),
+            origin: "cscli".into(),
+            scenario: "test".into(),
+            expires_at,
+        }
+    }
+
+    fn owner(dir: &std::path::Path, overrides: Vec<Override>) -> Owner {
+        let persist = Arc::new(Db::open(dir).unwrap().into_writer());
+        Owner::new(Decider::new().writer(), persist, overrides)
+    }
+
+    fn insert(o: &mut Owner, d: Decision) {
+        let (reply, _answer) = oneshot::channel();
+        o.handle(Command::Insert {
+            decisions: vec![d],
+            assign_ids: false,
+            reply,
+        });
+    }
+
+    fn unban(o: &mut Owner, value: &str) -> oneshot::Receiver<Vec<Listed>> {
+        let (reply, answer) = oneshot::channel();
+        o.handle(Command::Unban {
+            target: Target::parse(value).unwrap(),
+            reply,
+        });
+        answer
+    }
+
+    fn rows(dir: &std::path::Path) -> (Vec<i64>, Vec<Override>) {
+        // A connection of its own: sees only what is committed.
+        let db = Db::open(dir).unwrap();
+        let mut ids = Vec::new();
+        db.load_decisions(0, |d| ids.push(d.id)).unwrap();
+        ids.sort();
+        (ids, db.load_overrides(0).unwrap())
+    }
+
+    /// Item 7: the unban answers only once the row delete and the override are committed.
+    #[test]
+    fn unban_answers_after_delete_and_override_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = owner(dir.path(), Vec::new());
+        let far = clock::now_secs_precise() + 3600;
+        insert(&mut o, dec(7, "192.0.2.7", far));
+        insert(&mut o, dec(8, "192.0.2.8", far));
+        o.persist.flush();
+        // Hold the persist thread, as a slow disk would.
+        let (release, held) = std_mpsc::channel::<()>();
+        o.persist.run(move |_| {
+            let _ = held.recv();
+        });
+        let mut answer = unban(&mut o, "192.0.2.7");
+        assert!(
+            answer.try_recv().is_err(),
+            "the unban answered before anything was written"
+        );
+        // The hot path already has it lifted.
+        assert!(!o.writer.contains(7, Target::parse("192.0.2.7").unwrap()));
+        release.send(()).unwrap();
+        let lifted = answer.blocking_recv().unwrap();
+        assert_eq!(lifted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![7]);
+        let (ids, overrides) = rows(dir.path());
+        assert_eq!(ids, vec![8]);
+        assert_eq!(
+            overrides,
+            vec![Override {
+                id: 7,
+                value: "192.0.2.7".into(),
+                until: far
+            }]
+        );
+    }
+
+    /// Item 7: delete and override are one transaction: when the override cannot be
+    /// written, the row delete is rolled back too (no decision lost without its override
+    /// on disk, which a restart would otherwise bring back).
+    #[test]
+    fn unban_delete_and_override_commit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = owner(dir.path(), Vec::new());
+        let far = clock::now_secs_precise() + 3600;
+        insert(&mut o, dec(7, "192.0.2.7", far));
+        o.persist.run(|c| c.execute_batch("DROP TABLE overrides").unwrap());
+        let lifted = unban(&mut o, "192.0.2.7").blocking_recv().unwrap();
+        assert_eq!(lifted.len(), 1);
+        let db = Db::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        db.load_decisions(0, |d| ids.push(d.id)).unwrap();
+        assert_eq!(ids, vec![7], "the delete was committed without its override");
+    }
+
+    /// Item 4: overrides match by (id, target).
+    #[test]
+    fn an_override_lifts_its_own_target_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = owner(
+            dir.path(),
+            vec![Override {
+                id: 5,
+                value: "192.0.2.1".into(),
+                until: u32::MAX,
+            }],
+        );
+        assert!(o.is_lifted(5, Target::parse("192.0.2.1").unwrap()));
+        assert!(!o.is_lifted(5, Target::parse("192.0.2.2").unwrap()));
+        o.writer.insert(&dec(5, "192.0.2.2", u32::MAX));
+        o.writer.insert(&dec(5, "192.0.2.1", u32::MAX));
+        assert_eq!(o.apply_overrides(), 1);
+        assert!(o.writer.contains(5, Target::parse("192.0.2.2").unwrap()));
+        assert!(!o.writer.contains(5, Target::parse("192.0.2.1").unwrap()));
+    }
+
+    /// Item 6: a clock past an override's expiry ends it only once two full pulls in a
+    /// row no longer carried its decision.
+    #[test]
+    fn overrides_outlive_a_clock_ahead_while_lapi_still_sends_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = Override {
+            id: 1,
+            value: "192.0.2.1".into(),
+            until: 100,
+        };
+        let sent = Override {
+            id: 2,
+            value: "192.0.2.2".into(),
+            until: 100,
+        };
+        let mut o = owner(dir.path(), vec![gone.clone(), sent.clone()]);
+        o.persist.add_overrides(vec![gone.clone(), sent.clone()]);
+        let far_ahead = 2_000_000_000;
+        o.purge_at(far_ahead);
+        assert_eq!(o.overrides(), 2, "no full pull said anything yet");
+        for _ in 0..3 {
+            // Full pulls carrying decision 2 only.
+            o.writer.insert(&dec(2, "192.0.2.2", u32::MAX));
+            o.apply_overrides();
+            o.purge_at(far_ahead);
+        }
+        assert_eq!(o.overrides(), 1);
+        assert!(o.is_lifted(2, Target::parse("192.0.2.2").unwrap()));
+        o.persist.flush();
+        assert_eq!(rows(dir.path()).1, vec![sent]);
     }
 }

@@ -41,6 +41,10 @@ pub const PERSIST_ERRORS: &str = "cerberus_persist_errors_total";
 pub const PROTECTION_ENABLED: &str = "cerberus_protection_enabled";
 /// 1 while `on_lapi_unreachable` (open or closed) applies because LAPI is stale.
 pub const LAPI_OUTAGE: &str = "cerberus_lapi_outage";
+/// Wall-clock jumps seen (against the monotonic clock), by `direction` (forward, backward).
+pub const CLOCK_JUMPS: &str = "cerberus_clock_jumps_total";
+/// Decisions a full pull left out, kept until a second full pull confirms they are gone.
+pub const SYNC_HELD: &str = "cerberus_sync_held_decisions";
 
 /// Lookups answered by `door` (socket, forward_auth) and `remediation` (allow, ban,
 /// captcha, throttle, other, bypassed).
@@ -79,6 +83,18 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "LAPI decision pulls by kind (startup, delta) and outcome (ok, error).",
+    ),
+    (
+        CLOCK_JUMPS,
+        Kind::Counter,
+        Unit::Count,
+        "Wall-clock jumps seen against the monotonic clock, by direction; each skips the purge and forces a full resync.",
+    ),
+    (
+        SYNC_HELD,
+        Kind::Gauge,
+        Unit::Count,
+        "Decisions the last full pull left out, kept until a second full pull (or LAPI's deleted list) confirms.",
     ),
     (
         LAPI_FAILURES,
@@ -252,6 +268,8 @@ pub const ALL: &[&str] = &[
     PERSIST_ERRORS,
     PROTECTION_ENABLED,
     LAPI_OUTAGE,
+    CLOCK_JUMPS,
+    SYNC_HELD,
     LOOKUPS,
     LOOKUP_DURATION,
     SOCKET_REFUSED,

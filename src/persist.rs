@@ -229,14 +229,26 @@ pub struct Override {
     pub until: u32,
 }
 
+/// Called by the persist thread once an unban is committed (`Err` when it could not be).
+pub type Then = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 enum Op {
     Replace(Arc<Snapshot>),
     Overrides(Vec<Override>),
     Delta {
         upserts: Vec<Decision>,
-        deletes: Vec<i64>,
+        deletes: Vec<(i64, String)>,
+    },
+    /// Row deletes and the overrides of one unban, in one transaction.
+    Unban {
+        deletes: Vec<(i64, String)>,
+        overrides: Vec<Override>,
+        then: Then,
     },
     Purge(u32),
+    DropOverrides(Vec<(i64, String)>),
+    #[cfg(test)]
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
     Setting(String, String),
     Flush(mpsc::Sender<()>),
 }
@@ -254,15 +266,52 @@ impl Persister {
         self.send(Op::Replace(snapshot));
     }
 
-    pub fn delta(&self, upserts: Vec<Decision>, deletes: Vec<i64>) {
+    /// Upserts decisions and deletes the rows of (id, target) pairs.
+    pub fn delta(&self, upserts: Vec<Decision>, deletes: &[(i64, Target)]) {
         if !upserts.is_empty() || !deletes.is_empty() {
-            self.send(Op::Delta { upserts, deletes });
+            self.send(Op::Delta {
+                upserts,
+                deletes: rows(deletes),
+            });
         }
     }
 
-    /// Drops expired decisions and overrides.
+    /// Deletes the rows of an unban's decisions and records its overrides in one
+    /// transaction; `then` runs on the persist thread once that is committed (or failed).
+    pub fn unban(
+        &self,
+        deletes: &[(i64, Target)],
+        overrides: Vec<Override>,
+        then: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) {
+        let op = Op::Unban {
+            deletes: rows(deletes),
+            overrides,
+            then: Box::new(then),
+        };
+        if let Err(mpsc::SendError(Op::Unban { then, .. })) = self.tx.send(op) {
+            error!("persist thread is gone; the unban is kept in memory only");
+            then(Err("the persist thread is gone".into()));
+        }
+    }
+
+    /// Drops decisions expired at `now` (overrides go only by [`Persister::drop_overrides`]).
     pub fn purge(&self, now: u32) {
         self.send(Op::Purge(now));
+    }
+
+    /// Deletes these overrides.
+    pub fn drop_overrides(&self, overrides: &[(i64, Target)]) {
+        if !overrides.is_empty() {
+            self.send(Op::DropOverrides(rows(overrides)));
+        }
+    }
+
+    /// Runs `f` on the writer thread's connection, in order with the other writes (tests:
+    /// to hold the thread, or to break the schema).
+    #[cfg(test)]
+    pub(crate) fn run(&self, f: impl FnOnce(&mut Connection) + Send + 'static) {
+        self.send(Op::Run(Box::new(f)));
     }
 
     pub fn add_overrides(&self, overrides: Vec<Override>) {
@@ -299,13 +348,22 @@ impl Persister {
     }
 }
 
+/// (id, target) pairs as rows are keyed: (id, value).
+fn rows(pairs: &[(i64, Target)]) -> Vec<(i64, String)> {
+    pairs.iter().map(|&(id, t)| (id, t.to_string())).collect()
+}
+
 fn writer_loop(mut db: Db, rx: mpsc::Receiver<Op>) {
     while let Ok(op) = rx.recv() {
         let what = match &op {
             Op::Replace(_) => "full replace",
             Op::Overrides(_) => "override",
             Op::Delta { .. } => "delta",
+            Op::Unban { .. } => "unban",
             Op::Purge(_) => "purge",
+            Op::DropOverrides(_) => "override removal",
+            #[cfg(test)]
+            Op::Run(_) => "test step",
             Op::Setting(..) => "setting",
             Op::Flush(_) => "flush",
         };
@@ -313,10 +371,25 @@ fn writer_loop(mut db: Db, rx: mpsc::Receiver<Op>) {
         let result = match op {
             Op::Replace(snap) => write_replace(&mut db.conn, &snap),
             Op::Delta { upserts, deletes } => write_delta(&mut db.conn, &upserts, &deletes),
-            Op::Purge(now) => db.conn.execute_batch(&format!(
-                "DELETE FROM decisions WHERE expires_at <= {now};
-                 DELETE FROM overrides WHERE until <= {now};"
-            )),
+            Op::Unban {
+                deletes,
+                overrides,
+                then,
+            } => {
+                let result = write_unban(&mut db.conn, &deletes, &overrides);
+                then(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                result
+            }
+            Op::Purge(now) => db
+                .conn
+                .execute("DELETE FROM decisions WHERE expires_at <= ?1", [now])
+                .map(|_| ()),
+            Op::DropOverrides(list) => write_drop_overrides(&mut db.conn, &list),
+            #[cfg(test)]
+            Op::Run(f) => {
+                f(&mut db.conn);
+                Ok(())
+            }
             Op::Overrides(list) => write_overrides(&mut db.conn, &list),
             Op::Setting(k, v) => db
                 .conn
@@ -379,12 +452,46 @@ fn write_replace(conn: &mut Connection, snap: &Snapshot) -> rusqlite::Result<()>
 
 fn write_overrides(conn: &mut Connection, list: &[Override]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    insert_overrides(&tx, list)?;
+    tx.commit()
+}
+
+fn insert_overrides(tx: &rusqlite::Transaction, list: &[Override]) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare(
+        "INSERT OR REPLACE INTO overrides (value, decision_id, until) VALUES (?1, ?2, ?3)",
+    )?;
+    for o in list {
+        insert.execute(params![o.value, o.id, o.until])?;
+    }
+    Ok(())
+}
+
+/// Deletes decision rows by (id, value): a reused id on another target keeps its row.
+fn delete_rows(tx: &rusqlite::Transaction, deletes: &[(i64, String)]) -> rusqlite::Result<()> {
+    let mut del = tx.prepare("DELETE FROM decisions WHERE id = ?1 AND value = ?2")?;
+    for (id, value) in deletes {
+        del.execute(params![id, value])?;
+    }
+    Ok(())
+}
+
+fn write_unban(
+    conn: &mut Connection,
+    deletes: &[(i64, String)],
+    overrides: &[Override],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    delete_rows(&tx, deletes)?;
+    insert_overrides(&tx, overrides)?;
+    tx.commit()
+}
+
+fn write_drop_overrides(conn: &mut Connection, list: &[(i64, String)]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
     {
-        let mut insert = tx.prepare(
-            "INSERT OR REPLACE INTO overrides (value, decision_id, until) VALUES (?1, ?2, ?3)",
-        )?;
-        for o in list {
-            insert.execute(params![o.value, o.id, o.until])?;
+        let mut del = tx.prepare("DELETE FROM overrides WHERE decision_id = ?1 AND value = ?2")?;
+        for (id, value) in list {
+            del.execute(params![id, value])?;
         }
     }
     tx.commit()
@@ -393,14 +500,11 @@ fn write_overrides(conn: &mut Connection, list: &[Override]) -> rusqlite::Result
 fn write_delta(
     conn: &mut Connection,
     upserts: &[Decision],
-    deletes: &[i64],
+    deletes: &[(i64, String)],
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    delete_rows(&tx, deletes)?;
     {
-        let mut del = tx.prepare("DELETE FROM decisions WHERE id = ?1")?;
-        for id in deletes {
-            del.execute([id])?;
-        }
         let mut insert = tx.prepare(
             "INSERT OR REPLACE INTO decisions (id, value, type, origin, scenario, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -462,7 +566,10 @@ mod tests {
         let snap = w.publish();
         let p = Db::open(dir.path()).unwrap().into_writer();
         p.replace(snap);
-        p.delta(vec![dec(5, "2001:db8::/32", 500)], vec![3]);
+        p.delta(
+            vec![dec(5, "2001:db8::/32", 500)],
+            &[(3, Target::parse("2001:db8::1").unwrap())],
+        );
         p.set_setting("enabled", "false");
         p.add_overrides(vec![
             Override {
@@ -509,11 +616,22 @@ mod tests {
         let p = p.into_writer();
         p.purge(300);
         p.close();
-        assert!(Db::open(dir.path())
-            .unwrap()
-            .load_overrides(0)
-            .unwrap()
-            .is_empty());
+        // A purge leaves overrides alone; they go one by one, by (id, value).
+        assert_eq!(Db::open(dir.path()).unwrap().load_overrides(0).unwrap().len(), 2);
+        let p = Db::open(dir.path()).unwrap().into_writer();
+        p.drop_overrides(&[
+            (1, Target::parse("192.0.2.1").unwrap()),
+            (2, Target::parse("10.0.0.1").unwrap()),
+        ]);
+        p.close();
+        assert_eq!(
+            Db::open(dir.path()).unwrap().load_overrides(0).unwrap(),
+            vec![Override {
+                id: 2,
+                value: "10.0.0.0/8".into(),
+                until: 300
+            }]
+        );
         let (all, _) = load_all(dir.path(), 0);
         assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), vec![4, 5]);
     }

@@ -1,6 +1,8 @@
 //! Streaming parse of `{"new": [...], "deleted": [...]}`: each decision is handed to a
 //! callback as soon as it is read, so a startup answer of hundreds of MB is never held
 //! whole, neither as bytes nor as a parsed tree. `null` lists (LAPI 1.4.6) are empty lists.
+//! An object without `new` (a proxy's `{}`, a 200 error object `{"message": ...}`) is not a
+//! decision answer: it fails, so that it can never stand for "LAPI holds nothing".
 
 use crate::decision::RawDecision;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -47,9 +49,12 @@ impl<'de, F: FnMut(List, RawDecision)> Visitor<'de> for Body<'_, F> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Counts, A::Error> {
         let mut counts = Counts::default();
+        let mut has_new = false;
+        let mut message = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match &*key {
                 "new" => {
+                    has_new = true;
                     counts.new += map.next_value_seed(ListSeed {
                         list: List::New,
                         f: &mut *self.f,
@@ -61,10 +66,19 @@ impl<'de, F: FnMut(List, RawDecision)> Visitor<'de> for Body<'_, F> {
                         f: &mut *self.f,
                     })?
                 }
+                "message" if message.is_none() => {
+                    message = map.next_value::<Option<String>>().ok().flatten();
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
+        }
+        if !has_new {
+            return Err(serde::de::Error::custom(match message {
+                Some(m) => format!("no `new` list (LAPI said {:?})", m.chars().take(200).collect::<String>()),
+                None => "no `new` list".to_string(),
+            }));
         }
         Ok(counts)
     }
@@ -137,8 +151,17 @@ mod tests {
         .unwrap();
         assert_eq!(c, Counts { new: 1, deleted: 1 });
         assert_eq!(seen, vec![(List::Deleted, Some(1)), (List::New, Some(2))]);
-        let (c, _) = run("{}").unwrap();
-        assert_eq!(c, Counts::default());
+    }
+
+    #[test]
+    fn an_object_without_new_is_no_answer() {
+        for body in ["{}", r#"{"deleted": []}"#, r#"{"message": "x"}"#, r#"{"new2": []}"#] {
+            let err = run(body).unwrap_err();
+            assert!(err.to_string().contains("no `new` list"), "{body}: {err}");
+        }
+        let err = run(r#"{"message": "db error"}"#).unwrap_err();
+        assert!(err.to_string().contains("db error"), "{err}");
+        assert_eq!(run(r#"{"new": []}"#).unwrap().0, Counts::default());
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! that fails is dropped whole and never removes anything known; because LAPI has already
 //! moved this bouncer's cursor, the next successful pull is a full one again, so nothing is
 //! lost either. Retries back off exponentially with jitter, up to `lapi_retry_max`.
+//!
+//! A full pull adds and updates at once, but never drops a held decision on its word
+//! alone (a stream cut short by a database error, or a shorter answer, is still valid
+//! JSON): a held decision it leaves out is kept, and the next pull is full again; it is
+//! lifted when that second full pull leaves it out too, or at once when LAPI lists it in
+//! `deleted`. A wall-clock jump (see [`crate::clock::ClockWatch`]) forces a full resync
+//! and holds every purge until one has succeeded.
 
 use super::{LapiClient, List, PullError};
 use crate::clock;
@@ -13,6 +20,7 @@ use crate::decision::{
 use crate::store::{Decider, UnreachablePolicy, Writer};
 use rand::Rng;
 use std::collections::{BTreeMap, HashSet};
+use crate::store::Snapshot;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,8 +87,11 @@ struct Sink {
 }
 
 enum Mode {
-    /// A full pull builds a new state from nothing.
-    Full(Writer),
+    /// A full pull builds a new state from nothing; `deleted` is what LAPI said expired.
+    Full {
+        writer: Writer,
+        deleted: HashSet<(i64, Target)>,
+    },
     /// A delta is collected, then applied only if the whole answer was good.
     Delta {
         upserts: Vec<Decision>,
@@ -94,15 +105,16 @@ impl super::DecisionSink for Sink {
         let outcome = match list {
             List::New => {
                 accept_new(raw, self.now_ms, &self.filters).map(|d| match &mut self.mode {
-                    Mode::Full(w) => w.insert(&d),
+                    Mode::Full { writer, .. } => writer.insert(&d),
                     Mode::Delta { upserts, .. } => upserts.push(d),
                 })
             }
-            List::Deleted => accept_deleted(&raw).map(|(id, target)| {
-                // A full pull starts from nothing: its `deleted` list has nothing to remove.
-                if let Mode::Delta { deletes, .. } = &mut self.mode {
-                    deletes.push((id, target));
+            List::Deleted => accept_deleted(&raw).map(|(id, target)| match &mut self.mode {
+                // Confirms at once that a held decision the full pull left out is gone.
+                Mode::Full { deleted, .. } => {
+                    deleted.insert((id, target));
                 }
+                Mode::Delta { deletes, .. } => deletes.push((id, target)),
             }),
         };
         if let Err(why) = outcome {
@@ -178,6 +190,8 @@ pub struct Syncer {
     /// `PullNow` asks that arrived during the pull in flight: the next pull answers them.
     waiting: Vec<oneshot::Sender<Result<(), String>>>,
     logged_values: HashSet<String>,
+    /// Held decisions the last full pull left out: the next full pull confirms or clears.
+    held: HashSet<(i64, Target)>,
 }
 
 /// The loop was told to stop.
@@ -203,6 +217,7 @@ impl Syncer {
             commands,
             waiting: Vec::new(),
             logged_values: HashSet::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -213,6 +228,8 @@ impl Syncer {
         let mut need_full = true;
         let mut failures: u32 = 0;
         let mut last_purge = Instant::now();
+        // Set by a wall-clock jump: no purge until a full pull has refreshed the expiries.
+        let mut purge_hold = false;
         if let Some(client) = &self.client {
             info!(
                 "[CROWDSEC_STARTUP] starting decision sync with LAPI at {} every {:?}",
@@ -235,8 +252,13 @@ impl Syncer {
                 failures = 0;
                 continue;
             }
+            if self.owner.clock_jumped().is_some() {
+                need_full = true;
+                purge_hold = true;
+            }
             let answering = std::mem::take(&mut self.waiting);
-            let outcome = match self.pull_serving(need_full, &mut shutdown).await {
+            let full = need_full;
+            let outcome = match self.pull_serving(full, &mut shutdown).await {
                 Ok(r) => r,
                 Err(Stopped) => break,
             };
@@ -246,15 +268,20 @@ impl Syncer {
             }
             let wait = match outcome {
                 Ok(()) => {
-                    need_full = false;
+                    // Decisions held out of a full pull are confirmed by the next one.
+                    need_full = !self.held.is_empty();
+                    purge_hold &= !full;
                     failures = 0;
                     last_ok = Some(Instant::now());
                     if self.decider.outage().is_some() {
                         info!("LAPI is back: enforcing decisions again");
                     }
                     self.decider.set_outage(None);
-                    if last_purge.elapsed() >= Duration::from_secs(60) {
-                        self.purge();
+                    if !purge_hold && last_purge.elapsed() >= Duration::from_secs(60) {
+                        if self.owner.purge().is_some() {
+                            need_full = true;
+                            purge_hold = true;
+                        }
                         last_purge = Instant::now();
                     }
                     self.settings.update_frequency
@@ -291,8 +318,10 @@ impl Syncer {
                         );
                         self.decider.set_outage(Some(self.settings.policy));
                     }
-                    if last_purge.elapsed() >= Duration::from_secs(60) {
-                        self.purge();
+                    if !purge_hold && last_purge.elapsed() >= Duration::from_secs(60) {
+                        if self.owner.purge().is_some() {
+                            purge_hold = true;
+                        }
                         last_purge = Instant::now();
                     }
                     wait
@@ -361,7 +390,10 @@ impl Syncer {
                     }
                     return false;
                 }
-                _ = purge.tick() => self.purge(),
+                _ = purge.tick() => {
+                    // A jump is logged; the full pull that follows the idle wait refreshes.
+                    let _ = self.owner.purge();
+                }
                 Some(cmd) = self.commands.recv() => {
                     if let Some(reply) = self.owner.handle(cmd) {
                         let _ = reply.send(Err("no LAPI to pull from (the engine is stopped)".into()));
@@ -369,11 +401,6 @@ impl Syncer {
                 }
             }
         }
-    }
-
-    /// Drops expired decisions from memory and disk (lookups already ignore them).
-    fn purge(&mut self) {
-        self.owner.purge();
     }
 
     /// One pull; commands that arrive meanwhile are served at once against the current
@@ -407,7 +434,10 @@ impl Syncer {
 
     fn sink(&self, full: bool) -> Sink {
         let mode = if full {
-            Mode::Full(self.owner.writer.fresh())
+            Mode::Full {
+                writer: self.owner.writer.fresh(),
+                deleted: HashSet::new(),
+            }
         } else {
             Mode::Delta {
                 upserts: Vec::new(),
@@ -441,9 +471,11 @@ impl Syncer {
         metrics::counter!(crate::metrics::LAPI_REQUESTS, "kind" => kind, "outcome" => "ok")
             .increment(1);
         self.report_rejections(&mut sink);
+        let now = clock::now_secs_precise();
         let (published, removed) = match sink.mode {
-            Mode::Full(writer) => {
-                self.owner.writer = writer;
+            Mode::Full { writer, deleted } => {
+                let old = std::mem::replace(&mut self.owner.writer, writer);
+                let removed = self.hold_left_out(old.pending(), &deleted, now);
                 // Unbanned decisions stay lifted whatever LAPI still says.
                 let lifted = self.owner.apply_overrides();
                 if lifted > 0 {
@@ -452,16 +484,21 @@ impl Syncer {
                 self.owner.writer.compact();
                 let snap = self.owner.writer.publish();
                 self.owner.persist.replace(snap.clone());
-                (snap, 0)
+                (snap, removed)
             }
             Mode::Delta {
                 mut upserts,
                 deletes,
             } => {
-                upserts.retain(|d| !self.owner.is_lifted(d.id));
+                let owner = &mut self.owner;
+                upserts.retain(|d| !owner.is_lifted(d.id, d.target));
                 let mut removed = 0;
                 for &(id, target) in &deletes {
                     removed += usize::from(self.owner.writer.remove(id, target));
+                    self.held.remove(&(id, target));
+                }
+                for d in &upserts {
+                    self.held.remove(&(d.id, d.target));
                 }
                 for d in &upserts {
                     self.owner.writer.insert(d);
@@ -471,9 +508,8 @@ impl Syncer {
                 } else {
                     self.owner.writer.publish()
                 };
-                self.owner
-                    .persist
-                    .delta(upserts, deletes.iter().map(|&(id, _)| id).collect());
+                self.owner.persist.delta(upserts, &deletes);
+                metrics::gauge!(crate::metrics::SYNC_HELD).set(self.held.len() as f64);
                 (snap, removed)
             }
         };
@@ -506,6 +542,59 @@ impl Syncer {
             );
         }
         Ok(())
+    }
+
+    /// After a full pull built the new writer: every unexpired decision of `old` that the
+    /// pull left out is put back and held, unless LAPI listed it in `deleted` or the
+    /// previous full pull had left it out too (then it is lifted). Returns how many
+    /// were lifted.
+    fn hold_left_out(
+        &mut self,
+        old: &Snapshot,
+        deleted: &HashSet<(i64, Target)>,
+        now: u32,
+    ) -> usize {
+        let writer = &self.owner.writer;
+        let mut keep = Vec::new();
+        let mut lifted = 0;
+        let mut held = HashSet::new();
+        old.for_each(|target, v, meta| {
+            let key = (v.id(), target);
+            if v.expires_at() <= now || writer.contains(key.0, target) {
+                return;
+            }
+            if deleted.contains(&key) || self.held.contains(&key) {
+                lifted += 1;
+                return;
+            }
+            held.insert(key);
+            keep.push(Decision {
+                id: key.0,
+                target,
+                type_name: meta.type_name.to_string(),
+                origin: meta.origin.to_string(),
+                scenario: meta.scenario.to_string(),
+                expires_at: v.expires_at(),
+            });
+        });
+        for d in &keep {
+            self.owner.writer.insert(d);
+        }
+        if !held.is_empty() {
+            warn!(
+                "full pull left out {} decisions still held here: kept until a second full \
+                 pull confirms (it follows at once); e.g. #{} {}",
+                held.len(),
+                keep[0].id,
+                keep[0].target
+            );
+        }
+        if lifted > 0 {
+            info!("{lifted} held decisions lifted: LAPI confirmed them gone");
+        }
+        metrics::gauge!(crate::metrics::SYNC_HELD).set(held.len() as f64);
+        self.held = held;
+        lifted
     }
 
     fn report_rejections(&mut self, sink: &mut Sink) {

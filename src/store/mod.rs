@@ -347,6 +347,29 @@ impl Writer {
         }
     }
 
+    /// Whether the decision `id` on `target` is held (pending changes included).
+    pub fn contains(&self, id: i64, target: Target) -> bool {
+        fn has<K: Key>(
+            map: &Table<K>,
+            multi: &Map<K, Arc<[Verdict]>>,
+            key: K,
+            id: i64,
+        ) -> bool {
+            match map.get(key) {
+                None => false,
+                Some(v) if v.has_more() => multi
+                    .get(&key)
+                    .is_some_and(|l| l.iter().any(|e| e.id() == id)),
+                Some(v) => v.id() == id,
+            }
+        }
+        match target {
+            Target::V4 { addr, prefix: 32 } => has(&self.next.v4, &self.next.multi4, addr, id),
+            Target::V6 { addr, prefix: 128 } => has(&self.next.v6, &self.next.multi6, addr, id),
+            range => self.ranges.contains_key(&(range, id)),
+        }
+    }
+
     /// Drops every decision whose expiry is at or before `now`; returns how many.
     pub fn purge_expired(&mut self, now: u32) -> usize {
         let mut expired: Vec<(i64, Target)> = Vec::new();
@@ -401,7 +424,13 @@ impl Writer {
         }
         self.next.v4.maintain(&mut self.fold4);
         self.next.v6.maintain(&mut self.fold6);
-        self.next.generation += 1;
+        // Strictly above whatever was published last, also when another writer (the one
+        // commands used while a full pull built this one) published meanwhile.
+        self.next.generation = self
+            .next
+            .generation
+            .max(self.published.load().generation)
+            + 1;
         let snap = Arc::new(self.next.clone());
         self.published.store(snap.clone());
         snap
