@@ -123,8 +123,9 @@ mod tests {
         assert_eq!(w.check_at(t3, 1_000_000 + 3_602_800 + 86_400_000), None);
         // A step back of a minute.
         let t4 = t3 + Duration::from_secs(1);
-        let back = w.check_at(t4, 1_000_000 + 3_603_800 + 86_400_000 - 60_000).unwrap();
+        let back = w
+            .check_at(t4, 1_000_000 + 3_603_800 + 86_400_000 - 60_000)
+            .unwrap();
         assert!((-61_000..=-59_000).contains(&back), "{back}");
     }
-
 }

@@ -471,13 +471,18 @@ mod tests {
         let mut o = owner(dir.path(), Vec::new());
         let far = clock::now_secs_precise() + 3600;
         insert(&mut o, dec(7, "192.0.2.7", far));
-        o.persist.run(|c| c.execute_batch("DROP TABLE overrides").unwrap());
+        o.persist
+            .run(|c| c.execute_batch("DROP TABLE overrides").unwrap());
         let lifted = unban(&mut o, "192.0.2.7").blocking_recv().unwrap();
         assert_eq!(lifted.len(), 1);
         let db = Db::open(dir.path()).unwrap();
         let mut ids = Vec::new();
         db.load_decisions(0, |d| ids.push(d.id)).unwrap();
-        assert_eq!(ids, vec![7], "the delete was committed without its override");
+        assert_eq!(
+            ids,
+            vec![7],
+            "the delete was committed without its override"
+        );
     }
 
     /// Item 4: overrides match by (id, target).

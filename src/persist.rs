@@ -617,7 +617,14 @@ mod tests {
         p.purge(300);
         p.close();
         // A purge leaves overrides alone; they go one by one, by (id, value).
-        assert_eq!(Db::open(dir.path()).unwrap().load_overrides(0).unwrap().len(), 2);
+        assert_eq!(
+            Db::open(dir.path())
+                .unwrap()
+                .load_overrides(0)
+                .unwrap()
+                .len(),
+            2
+        );
         let p = Db::open(dir.path()).unwrap().into_writer();
         p.drop_overrides(&[
             (1, Target::parse("192.0.2.1").unwrap()),

@@ -76,7 +76,10 @@ impl<'de, F: FnMut(List, RawDecision)> Visitor<'de> for Body<'_, F> {
         }
         if !has_new {
             return Err(serde::de::Error::custom(match message {
-                Some(m) => format!("no `new` list (LAPI said {:?})", m.chars().take(200).collect::<String>()),
+                Some(m) => format!(
+                    "no `new` list (LAPI said {:?})",
+                    m.chars().take(200).collect::<String>()
+                ),
                 None => "no `new` list".to_string(),
             }));
         }
@@ -155,7 +158,12 @@ mod tests {
 
     #[test]
     fn an_object_without_new_is_no_answer() {
-        for body in ["{}", r#"{"deleted": []}"#, r#"{"message": "x"}"#, r#"{"new2": []}"#] {
+        for body in [
+            "{}",
+            r#"{"deleted": []}"#,
+            r#"{"message": "x"}"#,
+            r#"{"new2": []}"#,
+        ] {
             let err = run(body).unwrap_err();
             assert!(err.to_string().contains("no `new` list"), "{body}: {err}");
         }

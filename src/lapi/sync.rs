@@ -17,10 +17,10 @@ use crate::control::{Command, Owner};
 use crate::decision::{
     accept_deleted, accept_new, Decision, Filters, RawDecision, Rejection, Target,
 };
+use crate::store::Snapshot;
 use crate::store::{Decider, UnreachablePolicy, Writer};
 use rand::Rng;
 use std::collections::{BTreeMap, HashSet};
-use crate::store::Snapshot;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -582,8 +582,8 @@ impl Syncer {
         }
         if !held.is_empty() {
             warn!(
-                "full pull left out {} decisions still held here: kept until a second full \
-                 pull confirms (it follows at once); e.g. #{} {}",
+                "full pull left out {} decisions still held here: kept until the next pull, \
+                 a full one, confirms; e.g. #{} {}",
                 held.len(),
                 keep[0].id,
                 keep[0].target

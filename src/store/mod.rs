@@ -349,12 +349,7 @@ impl Writer {
 
     /// Whether the decision `id` on `target` is held (pending changes included).
     pub fn contains(&self, id: i64, target: Target) -> bool {
-        fn has<K: Key>(
-            map: &Table<K>,
-            multi: &Map<K, Arc<[Verdict]>>,
-            key: K,
-            id: i64,
-        ) -> bool {
+        fn has<K: Key>(map: &Table<K>, multi: &Map<K, Arc<[Verdict]>>, key: K, id: i64) -> bool {
             match map.get(key) {
                 None => false,
                 Some(v) if v.has_more() => multi
@@ -426,11 +421,7 @@ impl Writer {
         self.next.v6.maintain(&mut self.fold6);
         // Strictly above whatever was published last, also when another writer (the one
         // commands used while a full pull built this one) published meanwhile.
-        self.next.generation = self
-            .next
-            .generation
-            .max(self.published.load().generation)
-            + 1;
+        self.next.generation = self.next.generation.max(self.published.load().generation) + 1;
         let snap = Arc::new(self.next.clone());
         self.published.store(snap.clone());
         snap

@@ -366,7 +366,10 @@ fn generation_stays_monotonic_when_a_fresh_writer_replaces_a_busier_one() {
     let g3 = w.publish().generation();
     assert!(g1 < g2 && g2 < g3, "{g1} {g2} {g3}");
     let g4 = full.publish().generation();
-    assert!(g4 > g3, "the full pull's snapshot went back: {g3} then {g4}");
+    assert!(
+        g4 > g3,
+        "the full pull's snapshot went back: {g3} then {g4}"
+    );
     assert_eq!(d.snapshot().generation(), g4);
 }
 
@@ -379,10 +382,20 @@ fn contains_matches_id_and_target() {
     w.insert(&dec(3, "10.0.0.0/8", "ban", 100));
     w.insert(&dec(4, "2001:db8::1", "ban", 100));
     let t = |v: &str| Target::parse(v).unwrap();
-    for (id, v) in [(1, "192.0.2.1"), (2, "192.0.2.1"), (3, "10.0.0.0/8"), (4, "2001:db8::1")] {
+    for (id, v) in [
+        (1, "192.0.2.1"),
+        (2, "192.0.2.1"),
+        (3, "10.0.0.0/8"),
+        (4, "2001:db8::1"),
+    ] {
         assert!(w.contains(id, t(v)), "{id} {v}");
     }
-    for (id, v) in [(3, "192.0.2.1"), (1, "192.0.2.2"), (1, "10.0.0.0/8"), (3, "10.0.0.0/9")] {
+    for (id, v) in [
+        (3, "192.0.2.1"),
+        (1, "192.0.2.2"),
+        (1, "10.0.0.0/8"),
+        (3, "10.0.0.0/9"),
+    ] {
         assert!(!w.contains(id, t(v)), "{id} {v}");
     }
 }
