@@ -144,13 +144,15 @@ async fn faults_never_remove_known_decisions_and_sync_recovers() {
     support::wait_for("first sync", 10, || banned("192.0.2.1")).await;
     assert!(banned("2001:db8::1") && banned("198.51.100.77"));
     assert!(!banned("192.0.2.2"));
+    // The line is written right after the publish that the lookups above saw.
+    support::wait_for("the first-sync log line", 5, || {
+        logs.text()
+            .contains("[CROWDSEC_STARTUP] first sync done: 3 decisions active")
+    })
+    .await;
     let text = logs.text();
     assert!(
         text.contains("[CROWDSEC_STARTUP] starting decision sync with LAPI at"),
-        "{text}"
-    );
-    assert!(
-        text.contains("[CROWDSEC_STARTUP] first sync done: 3 decisions active"),
         "{text}"
     );
     assert!(!state
