@@ -89,7 +89,7 @@ struct Sink {
 enum Mode {
     /// A full pull builds a new state from nothing; `deleted` is what LAPI said expired.
     Full {
-        writer: Writer,
+        writer: Box<Writer>,
         deleted: HashSet<(i64, Target)>,
     },
     /// A delta is collected, then applied only if the whole answer was good.
@@ -192,6 +192,8 @@ pub struct Syncer {
     logged_values: HashSet<String>,
     /// Held decisions the last full pull left out: the next full pull confirms or clears.
     held: HashSet<(i64, Target)>,
+    /// Set by a wall-clock jump: no purge until a full pull has refreshed the expiries.
+    purge_hold: bool,
 }
 
 /// The loop was told to stop.
@@ -218,6 +220,7 @@ impl Syncer {
             waiting: Vec::new(),
             logged_values: HashSet::new(),
             held: HashSet::new(),
+            purge_hold: false,
         }
     }
 
@@ -228,8 +231,6 @@ impl Syncer {
         let mut need_full = true;
         let mut failures: u32 = 0;
         let mut last_purge = Instant::now();
-        // Set by a wall-clock jump: no purge until a full pull has refreshed the expiries.
-        let mut purge_hold = false;
         if let Some(client) = &self.client {
             info!(
                 "[CROWDSEC_STARTUP] starting decision sync with LAPI at {} every {:?}",
@@ -254,7 +255,7 @@ impl Syncer {
             }
             if self.owner.clock_jumped().is_some() {
                 need_full = true;
-                purge_hold = true;
+                self.purge_hold = true;
             }
             let answering = std::mem::take(&mut self.waiting);
             let full = need_full;
@@ -270,17 +271,17 @@ impl Syncer {
                 Ok(()) => {
                     // Decisions held out of a full pull are confirmed by the next one.
                     need_full = !self.held.is_empty();
-                    purge_hold &= !full;
+                    self.purge_hold &= !full;
                     failures = 0;
                     last_ok = Some(Instant::now());
                     if self.decider.outage().is_some() {
                         info!("LAPI is back: enforcing decisions again");
                     }
                     self.decider.set_outage(None);
-                    if !purge_hold && last_purge.elapsed() >= Duration::from_secs(60) {
+                    if !self.purge_hold && last_purge.elapsed() >= Duration::from_secs(60) {
                         if self.owner.purge().is_some() {
                             need_full = true;
-                            purge_hold = true;
+                            self.purge_hold = true;
                         }
                         last_purge = Instant::now();
                     }
@@ -318,9 +319,9 @@ impl Syncer {
                         );
                         self.decider.set_outage(Some(self.settings.policy));
                     }
-                    if !purge_hold && last_purge.elapsed() >= Duration::from_secs(60) {
+                    if !self.purge_hold && last_purge.elapsed() >= Duration::from_secs(60) {
                         if self.owner.purge().is_some() {
-                            purge_hold = true;
+                            self.purge_hold = true;
                         }
                         last_purge = Instant::now();
                     }
@@ -391,8 +392,10 @@ impl Syncer {
                     return false;
                 }
                 _ = purge.tick() => {
-                    // A jump is logged; the full pull that follows the idle wait refreshes.
-                    let _ = self.owner.purge();
+                    if !self.purge_hold && self.owner.purge().is_some() {
+                        // Until the full pull that follows the idle wait refreshes.
+                        self.purge_hold = true;
+                    }
                 }
                 Some(cmd) = self.commands.recv() => {
                     if let Some(reply) = self.owner.handle(cmd) {
@@ -435,7 +438,7 @@ impl Syncer {
     fn sink(&self, full: bool) -> Sink {
         let mode = if full {
             Mode::Full {
-                writer: self.owner.writer.fresh(),
+                writer: Box::new(self.owner.writer.fresh()),
                 deleted: HashSet::new(),
             }
         } else {
@@ -474,7 +477,7 @@ impl Syncer {
         let now = clock::now_secs_precise();
         let (published, removed) = match sink.mode {
             Mode::Full { writer, deleted } => {
-                let old = std::mem::replace(&mut self.owner.writer, writer);
+                let old = std::mem::replace(&mut self.owner.writer, *writer);
                 let removed = self.hold_left_out(old.pending(), &deleted, now);
                 // Unbanned decisions stay lifted whatever LAPI still says.
                 let lifted = self.owner.apply_overrides();
