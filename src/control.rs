@@ -9,8 +9,9 @@
 //! pull that still carries the decision (LAPI could not be told, or the pull started
 //! before the delete) does not bring it back, nor does a crash right after the answer.
 //! The overrides are re-applied after every pull. One is dropped only when the decision
-//! would have expired *and* two full pulls in a row no longer carried it, so a wall clock
-//! that is wrong (ahead at start, or jumped) cannot end an override that still matters.
+//! would have expired *and* a full pull that left nothing else out no longer carried it
+//! (nor any delta since), so a wall clock that is wrong (ahead at start, or jumped) cannot
+//! end an override that still matters: LAPI still sending the decision keeps it.
 
 use crate::clock::{self, ClockWatch};
 use crate::decision::{Decision, Target};
@@ -137,8 +138,9 @@ impl Control {
 struct Lift {
     /// The lifted decision's own expiry (unix seconds).
     until: u32,
-    /// Full pulls in a row that did not carry the decision.
-    missed: u8,
+    /// Whether the last full pull that left nothing else out did not carry the decision
+    /// (and no delta carried it since).
+    missed: bool,
 }
 
 /// The writer and what goes with it: persistence and the overrides.
@@ -165,7 +167,7 @@ impl Owner {
                     (o.id, t),
                     Lift {
                         until: o.until,
-                        missed: 0,
+                        missed: false,
                     },
                 )),
                 None => {
@@ -192,7 +194,7 @@ impl Owner {
     pub fn is_lifted(&mut self, id: i64, target: Target) -> bool {
         match self.overrides.get_mut(&(id, target)) {
             Some(lift) => {
-                lift.missed = 0;
+                lift.missed = false;
                 true
             }
             None => false,
@@ -200,18 +202,38 @@ impl Owner {
     }
 
     /// Removes the overridden decisions from the writer after a full pull, before its
-    /// publish; returns how many were there.
-    pub fn apply_overrides(&mut self) -> usize {
+    /// publish; returns how many were there. `whole`: the pull left out nothing held (it
+    /// was not shorter than what is known), so what it does not carry, LAPI no longer has;
+    /// then overrides past their expiry that it did not carry are dropped.
+    pub fn apply_overrides(&mut self, whole: bool, now: u32) -> usize {
         let mut n = 0;
         for (&(id, target), lift) in self.overrides.iter_mut() {
             if self.writer.remove(id, target) {
-                lift.missed = 0;
+                lift.missed = false;
                 n += 1;
-            } else {
-                lift.missed = lift.missed.saturating_add(1);
+            } else if whole {
+                lift.missed = true;
             }
         }
+        self.drop_spent_overrides(now);
         n
+    }
+
+    /// Drops (memory and disk) the overrides past their expiry at `now` whose decision
+    /// LAPI no longer sends.
+    fn drop_spent_overrides(&mut self, now: u32) {
+        let mut spent = Vec::new();
+        self.overrides.retain(|&key, lift| {
+            let keep = lift.until > now || !lift.missed;
+            if !keep {
+                spent.push(key);
+            }
+            keep
+        });
+        if !spent.is_empty() {
+            tracing::debug!("{} overrides ended with their decisions", spent.len());
+            self.persist.drop_overrides(&spent);
+        }
     }
 
     /// Checks the wall clock against the monotonic one since the last check: `Some(ms)`
@@ -291,7 +313,7 @@ impl Owner {
             if d.id >= 0 {
                 let lift = Lift {
                     until: d.expires_at,
-                    missed: 0,
+                    missed: false,
                 };
                 self.overrides.insert((d.id, d.target), lift);
                 overrides.push(Override {
@@ -329,17 +351,9 @@ impl Owner {
     }
 
     /// The purge at unix second `now`: decisions expired at `now`; overrides past their
-    /// expiry that two full pulls in a row no longer carried.
+    /// expiry whose decision LAPI no longer sends.
     pub fn purge_at(&mut self, now: u32) {
-        let mut spent = Vec::new();
-        self.overrides.retain(|&key, lift| {
-            let keep = lift.until > now || lift.missed < 2;
-            if !keep {
-                spent.push(key);
-            }
-            keep
-        });
-        self.persist.drop_overrides(&spent);
+        self.drop_spent_overrides(now);
         let n = self.writer.purge_expired(now);
         if n > 0 {
             self.writer.publish();
@@ -501,13 +515,13 @@ mod tests {
         assert!(!o.is_lifted(5, Target::parse("192.0.2.2").unwrap()));
         o.writer.insert(&dec(5, "192.0.2.2", u32::MAX));
         o.writer.insert(&dec(5, "192.0.2.1", u32::MAX));
-        assert_eq!(o.apply_overrides(), 1);
+        assert_eq!(o.apply_overrides(true, 0), 1);
         assert!(o.writer.contains(5, Target::parse("192.0.2.2").unwrap()));
         assert!(!o.writer.contains(5, Target::parse("192.0.2.1").unwrap()));
     }
 
-    /// Item 6: a clock past an override's expiry ends it only once two full pulls in a
-    /// row no longer carried its decision.
+    /// Item 6: a clock past an override's expiry ends it only once a whole full pull no
+    /// longer carried its decision; a short one (that left held decisions out) does not.
     #[test]
     fn overrides_outlive_a_clock_ahead_while_lapi_still_sends_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -526,12 +540,14 @@ mod tests {
         let far_ahead = 2_000_000_000;
         o.purge_at(far_ahead);
         assert_eq!(o.overrides(), 2, "no full pull said anything yet");
-        for _ in 0..3 {
-            // Full pulls carrying decision 2 only.
-            o.writer.insert(&dec(2, "192.0.2.2", u32::MAX));
-            o.apply_overrides();
-            o.purge_at(far_ahead);
-        }
+        // Full pulls carrying decision 2 only: a short one, then a whole one.
+        o.writer.insert(&dec(2, "192.0.2.2", u32::MAX));
+        o.apply_overrides(false, far_ahead);
+        o.purge_at(far_ahead);
+        assert_eq!(o.overrides(), 2, "a short pull ended an override");
+        o.writer.insert(&dec(2, "192.0.2.2", u32::MAX));
+        o.apply_overrides(true, far_ahead);
+        o.purge_at(far_ahead);
         assert_eq!(o.overrides(), 1);
         assert!(o.is_lifted(2, Target::parse("192.0.2.2").unwrap()));
         o.persist.flush();

@@ -480,7 +480,7 @@ impl Syncer {
                 let old = std::mem::replace(&mut self.owner.writer, *writer);
                 let removed = self.hold_left_out(old.pending(), &deleted, now);
                 // Unbanned decisions stay lifted whatever LAPI still says.
-                let lifted = self.owner.apply_overrides();
+                let lifted = self.owner.apply_overrides(self.held.is_empty(), now);
                 if lifted > 0 {
                     debug!("{lifted} decisions kept lifted by local unbans");
                 }
