@@ -393,20 +393,10 @@ pub async fn run_standalone(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::persist::tests::dec;
     use crate::persist::Db;
     use crate::store::Decider;
     use std::sync::mpsc as std_mpsc;
-
-    fn dec(id: i64, value: &str, expires_at: u32) -> Decision {
-        Decision {
-            id,
-            target: Target::parse(value).unwrap(),
-            type_name: "ban".into(),
-            origin: "cscli".into(),
-            scenario: "test".into(),
-            expires_at,
-        }
-    }
 
     fn owner(dir: &std::path::Path, overrides: Vec<Override>) -> Owner {
         let persist = Arc::new(Db::open(dir).unwrap().into_writer());

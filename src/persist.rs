@@ -524,11 +524,12 @@ fn write_delta(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Decider;
 
-    fn dec(id: i64, value: &str, expires_at: u32) -> Decision {
+    /// A ban from cscli (shared with the control tests).
+    pub(crate) fn dec(id: i64, value: &str, expires_at: u32) -> Decision {
         Decision {
             id,
             target: Target::parse(value).unwrap(),

@@ -28,6 +28,20 @@ async fn start(dir: &std::path::Path, url: &str) -> cerberus::app::Running {
         .unwrap()
 }
 
+/// Starts again from `dir` with the stand-in answering 500: what it enforces comes from
+/// SQLite.
+async fn restart_lapi_down(
+    script: &Shared,
+    dir: &std::path::Path,
+    url: &str,
+) -> cerberus::app::Running {
+    script
+        .lock()
+        .unwrap()
+        .startup([Reply::Status(500, "db".into())]);
+    start(dir, url).await
+}
+
 /// Item 3: three decisions, a 500, then a startup answer holding one of them. The other
 /// two stay enforced (in memory, from SQLite after a restart, through later deltas);
 /// a second full pull that leaves them out too lifts them, in memory and on disk.
@@ -76,11 +90,7 @@ async fn a_shorter_full_pull_holds_decisions_until_a_second_confirms() {
     app.stop().await;
 
     // A restart with LAPI down: everything comes from SQLite, all three still there.
-    script
-        .lock()
-        .unwrap()
-        .startup([Reply::Status(500, "db".into())]);
-    let app = start(dir.path(), &url).await;
+    let app = restart_lapi_down(&script, dir.path(), &url).await;
     assert!(
         banned(&app, IP1) && banned(&app, IP2) && banned(&app, IN_RANGE),
         "SQLite lost what the short pull left out"
@@ -117,11 +127,7 @@ async fn a_shorter_full_pull_holds_decisions_until_a_second_confirms() {
     app.stop().await;
 
     // And on disk.
-    script
-        .lock()
-        .unwrap()
-        .startup([Reply::Status(500, "db".into())]);
-    let app = start(dir.path(), &url).await;
+    let app = restart_lapi_down(&script, dir.path(), &url).await;
     assert!(banned(&app, IP1));
     assert!(!banned(&app, IP2) && !banned(&app, IN_RANGE));
     app.stop().await;
@@ -153,11 +159,7 @@ async fn an_override_does_not_lift_a_reused_id_on_another_target() {
     app.stop().await;
 
     // From SQLite, LAPI down.
-    script
-        .lock()
-        .unwrap()
-        .startup([Reply::Status(500, "db".into())]);
-    let app = start(dir.path(), &url).await;
+    let app = restart_lapi_down(&script, dir.path(), &url).await;
     assert!(
         banned(&app, b),
         "the startup path dropped B for A's override"

@@ -79,10 +79,24 @@ pub fn logs() -> LogBuffer {
     .clone()
 }
 
+/// Reads an HTTP request up to the end of its head; `None` if the peer closes first.
+pub async fn read_head(sock: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
 /// A stand-in LAPI that answers `startup=true` with `body` and every other pull with an
 /// empty delta; returns its URL and the request heads it saw.
 pub async fn serve_body(body: String) -> (String, Arc<Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -92,15 +106,9 @@ pub async fn serve_body(body: String) -> (String, Arc<Mutex<Vec<String>>>) {
         while let Ok((mut sock, _)) = listener.accept().await {
             let (body, heads) = (body.clone(), heads.clone());
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&got).into_owned();
+                let Some(head) = read_head(&mut sock).await else {
+                    return;
+                };
                 let empty = r#"{"new":null,"deleted":null}"#;
                 let answer = if head.lines().next().unwrap_or("").contains("startup=true") {
                     body.as_str()

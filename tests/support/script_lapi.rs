@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 #[derive(Clone)]
@@ -83,15 +83,9 @@ pub async fn start(script: Shared) -> String {
         while let Ok((mut sock, _)) = listener.accept().await {
             let script = script.clone();
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&got).into_owned();
+                let Some(head) = super::read_head(&mut sock).await else {
+                    return;
+                };
                 let startup = head.lines().next().unwrap_or("").contains("startup=true");
                 let reply = script.lock().unwrap().next(startup);
                 let head = |status: u16, len: usize| {
