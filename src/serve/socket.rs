@@ -228,9 +228,10 @@ impl Connection {
         let mut input = BytesMut::with_capacity(4096);
         let mut output = BytesMut::with_capacity(4096);
         // The idle timer is not re-armed per batch (that would cost a timer update per
-        // read): a batch only sets `active`, and when the timer fires after activity it
-        // is armed again. So a connection is closed after between one and two idle
-        // periods without a request, and never with part of a frame outstanding.
+        // read): an answered request only sets `active`, and when the timer fires after
+        // activity it is armed again. So a connection is closed after between one and two
+        // idle periods without a complete request, whether or not it holds part of a
+        // frame (a byte per connection must not hold a slot of the cap for ever).
         let idle = tokio::time::sleep(self.idle_timeout);
         tokio::pin!(idle);
         let mut active = false;
@@ -243,8 +244,16 @@ impl Connection {
                 r = stream.read_buf(&mut input) => r,
                 _ = shutdown.changed() => return,
                 _ = &mut idle => {
-                    if !active && input.is_empty() {
-                        debug!("socket: closing an idle connection");
+                    if !active {
+                        if input.is_empty() {
+                            debug!("socket: closing an idle connection");
+                        } else {
+                            metrics::counter!(names::SOCKET_STALLED).increment(1);
+                            debug!(
+                                "socket: closing a connection stalled on a partial frame ({} bytes)",
+                                input.len()
+                            );
+                        }
                         return;
                     }
                     active = false;
@@ -258,16 +267,18 @@ impl Connection {
             }
             let fatal = self.answer_all(&mut input, &mut output, &meters);
             if !output.is_empty() {
-                if stream.write_all(&output).await.is_err() {
-                    return;
+                // Bounded like the rest: a peer that never reads its answers is dropped.
+                match tokio::time::timeout(self.idle_timeout, stream.write_all(&output)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
                 output.clear();
+                active = true;
             }
             if fatal {
                 let _ = stream.shutdown().await;
                 return;
             }
-            active = true;
         }
     }
 
