@@ -43,6 +43,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("socket_max_connections", Kind::Int),
     ("socket_idle_timeout", Kind::Str),
     ("forward_auth_listen", Kind::Str),
+    ("forward_auth_max_connections", Kind::Int),
+    ("admin_max_connections", Kind::Int),
+    ("http_header_timeout", Kind::Str),
+    ("http_write_timeout", Kind::Str),
+    ("http_idle_timeout", Kind::Str),
     ("admin_listen", Kind::Str),
     ("admin_token", Kind::Str),
     ("admin_token_file", Kind::Str),
@@ -213,6 +218,20 @@ pub struct Config {
     pub forward_auth_listen: Listen,
     /// Default `127.0.0.1:8088`.
     pub admin_listen: Listen,
+    /// Connections served at once by forward_auth (default 1024) and the admin API
+    /// (default 64); more are closed at once and counted as shed. At start both are
+    /// lowered to fit the descriptor budget (see [`crate::serve::fds`]).
+    pub forward_auth_max_connections: usize,
+    pub admin_max_connections: usize,
+    /// HTTP doors: time for a request head, counted from when the connection is ready
+    /// for it (so an idle keep-alive connection is closed after it too). Default 10s.
+    pub http_header_timeout: Duration,
+    /// HTTP doors: an answer that cannot be written for this long (a peer that sends
+    /// and never reads) closes the connection. Default 10s.
+    pub http_write_timeout: Duration,
+    /// HTTP doors: no byte either way for this long, with no request being handled,
+    /// closes the connection (a stalled body). Default 60s.
+    pub http_idle_timeout: Duration,
     pub admin_token: Option<String>,
     /// The CrowdSec central API, probed by the diagnostics.
     pub capi_url: String,
@@ -275,6 +294,11 @@ impl Default for Config {
             socket_idle_timeout: Duration::from_secs(60),
             forward_auth_listen: Listen::Tcp("127.0.0.1:7420".into()),
             admin_listen: Listen::Tcp("127.0.0.1:8088".into()),
+            forward_auth_max_connections: 1024,
+            admin_max_connections: 64,
+            http_header_timeout: Duration::from_secs(10),
+            http_write_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
             admin_token: None,
             capi_url: "https://api.crowdsec.net".into(),
             trusted_proxies: vec![],
@@ -691,6 +715,7 @@ impl Reader {
                 }
             }
         }
+        self.http_limits(&mut c);
         c.admin_token = self.secret("admin_token");
         if let Listen::Tcp(addr) = &c.admin_listen {
             if c.admin_token.is_none() && !is_loopback(addr) {
@@ -900,6 +925,50 @@ impl Reader {
                  (api.server.listen_uri of engine.config_file) with a bouncer key of its own; \
                  remove api_url and api_key, or set engine.enabled: false to use this LAPI",
             );
+        }
+    }
+
+    /// Connection caps and timeouts of the HTTP doors (forward_auth, admin).
+    fn http_limits(&mut self, c: &mut Config) {
+        for (key, default) in [
+            ("forward_auth_max_connections", c.forward_auth_max_connections),
+            ("admin_max_connections", c.admin_max_connections),
+        ] {
+            let n = match self.string(key) {
+                None => default,
+                Some(s) => match s.parse::<usize>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => n,
+                    _ => {
+                        self.problem(
+                            key,
+                            format!("{s:?} is not a number of connections from 1 to 1000000"),
+                        );
+                        default
+                    }
+                },
+            };
+            match key {
+                "admin_max_connections" => c.admin_max_connections = n,
+                _ => c.forward_auth_max_connections = n,
+            }
+        }
+        for key in [
+            "http_header_timeout",
+            "http_write_timeout",
+            "http_idle_timeout",
+        ] {
+            let Some(d) = self.duration(key) else {
+                continue;
+            };
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                self.problem(key, "must be from 1s to 1h");
+                continue;
+            }
+            match key {
+                "http_header_timeout" => c.http_header_timeout = d,
+                "http_write_timeout" => c.http_write_timeout = d,
+                _ => c.http_idle_timeout = d,
+            }
         }
     }
 

@@ -196,11 +196,25 @@ pub async fn start(
 ) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
     let listen = admin.config.admin_listen.clone();
     let mode = admin.config.socket_mode;
+    let limits = crate::serve::http::Limits::new(
+        &admin.config,
+        "admin_max_connections",
+        admin.config.admin_max_connections,
+    );
     let handler = move |req: Request<hyper::body::Incoming>, _peer: Option<IpAddr>| {
         let admin = admin.clone();
         async move { handle(&admin, req).await }
     };
-    crate::serve::http::serve("admin", "admin_listen", &listen, mode, handler, shutdown).await
+    crate::serve::http::serve(
+        "admin",
+        "admin_listen",
+        &listen,
+        mode,
+        limits,
+        handler,
+        shutdown,
+    )
+    .await
 }
 
 /// An answer being built: status and JSON (or text) body.
@@ -310,6 +324,9 @@ fn authorized(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Result<(),
     }
 }
 
+/// How long a request body may take to arrive.
+const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads a JSON object body of at most [`MAX_BODY`] bytes.
 pub(crate) async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, ApiError> {
     let too_big = || ApiError {
@@ -328,7 +345,17 @@ pub(crate) async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Val
             return Err(too_big());
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    // A body that stalls would hold a connection (and a slot of admin_max_connections).
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_WAIT, collect).await else {
+        return Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the body did not arrive within {} s", BODY_WAIT.as_secs()),
+            field: Some("body".into()),
+            challenge: false,
+        });
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_big()),
         Err(e) => return Err(bad("body", format!("cannot read the body: {e}"))),

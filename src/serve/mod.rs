@@ -2,6 +2,7 @@
 //! `bouncer-api` (for the Caddy module) and an HTTP endpoint for Caddy's stock
 //! `forward_auth` directive. Both ask the same [`Decider`] and count what they answer.
 
+pub mod fds;
 pub mod forward_auth;
 pub mod http;
 pub mod socket;
