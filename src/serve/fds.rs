@@ -69,7 +69,7 @@ pub fn raise_limit() -> std::io::Result<(u64, u64)> {
         }
         lim = raised;
     }
-    Ok((before as u64, lim.rlim_cur as u64))
+    Ok((before, lim.rlim_cur))
 }
 
 /// Raises the limit, then lowers the caps in `config` to fit it, logging both.
