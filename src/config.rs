@@ -2,6 +2,10 @@
 //! settable as `CERBERUS_<KEY>`, checked as a whole so that `cerberus check` lists every
 //! problem at once, each naming its key.
 
+mod secrets;
+
+pub use secrets::MIN_ADMIN_TOKEN_LEN;
+
 use crate::duration::parse_config_duration;
 use crate::store::UnreachablePolicy;
 use ipnet::IpNet;
@@ -267,6 +271,9 @@ pub struct Config {
     /// How often the heartbeat poller checks the engine with the central API; zero
     /// turns the poller off. Default 5m.
     pub heartbeat_interval: Duration,
+    /// The files secrets were read from, by key (`api_key_file`, ...), for
+    /// [`Config::exposed_secret_files`].
+    pub secret_files: Vec<(String, PathBuf)>,
 }
 
 impl Default for Config {
@@ -317,6 +324,7 @@ impl Default for Config {
             console_engine_config: None,
             console_cscli_bin: PathBuf::from("cscli"),
             heartbeat_interval: Duration::from_secs(5 * 60),
+            secret_files: Vec::new(),
         }
     }
 }
@@ -434,6 +442,7 @@ fn flatten_sections(map: Mapping) -> Mapping {
 struct Reader {
     map: Mapping,
     problems: Vec<Problem>,
+    secret_files: Vec<(String, PathBuf)>,
 }
 
 impl Reader {
@@ -441,6 +450,7 @@ impl Reader {
         Reader {
             map,
             problems: Vec::new(),
+            secret_files: Vec::new(),
         }
     }
 
@@ -539,6 +549,9 @@ impl Reader {
         let file_key = format!("{key}_file");
         let inline = self.string(key);
         let file = self.path(&file_key);
+        if let Some(p) = &file {
+            self.secret_files.push((file_key.clone(), p.clone()));
+        }
         match (inline, file) {
             (Some(_), Some(_)) => {
                 self.problem(key, format!("set either {key} or {file_key}, not both"));
@@ -717,6 +730,9 @@ impl Reader {
         }
         self.http_limits(&mut c);
         c.admin_token = self.secret("admin_token");
+        if let Some(p) = secrets::token_strength(&c.admin_listen, c.admin_token.as_deref()) {
+            self.problems.push(p);
+        }
         if let Listen::Tcp(addr) = &c.admin_listen {
             if c.admin_token.is_none() && !is_loopback(addr) {
                 self.problem(
@@ -862,6 +878,7 @@ impl Reader {
             }
         }
         self.check_dirs(&c);
+        c.secret_files = std::mem::take(&mut self.secret_files);
         if self.problems.is_empty() {
             Ok(c)
         } else {
@@ -1190,7 +1207,14 @@ mod tests {
             "{}",
             problems[0]
         );
-        assert!(load("admin_listen: 0.0.0.0:8088\nadmin_token: t0ken-long-enough\n").is_ok());
+        let long = "t0ken-long-enough-t0ken-long-enough";
+        assert!(load(&format!("admin_listen: 0.0.0.0:8088\nadmin_token: {long}\n")).is_ok());
+        // Too short off loopback; any length on loopback.
+        let problems = load("admin_listen: 0.0.0.0:8088\nadmin_token: a\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "admin_token");
+        assert!(problems[0].message.contains("at least 32"), "{}", problems[0]);
+        assert!(load("admin_listen: 127.0.0.1:8088\nadmin_token: a\n").is_ok());
         assert!(load("admin_listen: localhost:8088\n").is_ok());
         assert!(load("admin_listen: \"[::1]:8088\"\n").is_ok());
         let problems = load("capi_url: api.crowdsec.net\n").unwrap_err();
