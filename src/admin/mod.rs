@@ -144,7 +144,7 @@ impl Admin {
     }
 }
 
-pub use token::token;
+pub use token::{token, FAILURE_DELAY};
 
 /// Starts the admin listener; `None` when `admin_listen` is off.
 pub async fn start(
