@@ -54,8 +54,8 @@ pub const SOCKET_REFUSED: &str = "cerberus_socket_connections_refused_total";
 pub const SOCKET_BAD_FRAMES: &str = "cerberus_socket_bad_frames_total";
 /// Socket connections closed because they held part of a frame for a whole idle period.
 pub const SOCKET_STALLED: &str = "cerberus_socket_stalled_closed_total";
-/// HTTP connections (forward_auth, admin) shed by `door` and `reason` (`cap`: the
-/// listener's connection cap was reached; `fds`: the descriptor budget was spent).
+/// HTTP connections (forward_auth, admin) closed unserved, by `door` and `reason` (`cap`:
+/// the door's connection cap, sized from the descriptor budget, was reached).
 pub const HTTP_SHED: &str = "cerberus_http_connections_shed_total";
 /// HTTP connections closed by `door` and `reason` (`header_timeout`, `write_timeout`,
 /// `idle_timeout`) because the peer stalled.
@@ -188,7 +188,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         HTTP_SHED,
         Kind::Counter,
         Unit::Count,
-        "HTTP connections shed by door (forward_auth, admin) and reason (cap, fds).",
+        "HTTP connections closed unserved, by door (forward_auth, admin) and reason (cap: the door's connection cap was reached).",
     ),
     (
         HTTP_TIMEOUTS,

@@ -105,19 +105,15 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
-enum Accepted {
-    Tcp(tokio::net::TcpStream, IpAddr),
-    Unix(tokio::net::UnixStream),
-}
-
 impl Listener {
-    async fn accept(&self) -> std::io::Result<Accepted> {
+    /// The next connection and its peer's IP (none over a Unix socket).
+    async fn accept(&self) -> std::io::Result<(Stream, Option<IpAddr>)> {
         match self {
             Listener::Tcp(l) => l
                 .accept()
                 .await
-                .map(|(s, peer)| Accepted::Tcp(s, peer.ip())),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+                .map(|(s, peer)| (Stream::Tcp(s), Some(peer.ip()))),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), None)),
         }
     }
 }
@@ -146,21 +142,17 @@ async fn accept_loop<H, F>(
         };
         while connections.try_join_next().is_some() {}
         match accepted {
-            Ok(accepted) => {
+            Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
                 // Over the cap the connection is closed at once (dropped): its
                 // descriptor belongs to the budget of another door.
                 let Ok(permit) = cap.clone().try_acquire_owned() else {
-                    drop(accepted);
+                    drop(stream);
                     shed.increment(1);
                     shed_log.shed(name, &limits);
                     continue;
                 };
                 let (h, shutdown) = (handler.clone(), shutdown.clone());
-                let (stream, peer) = match accepted {
-                    Accepted::Tcp(s, peer) => (Stream::Tcp(s), Some(peer)),
-                    Accepted::Unix(s) => (Stream::Unix(s), None),
-                };
                 connections.spawn(async move {
                     serve_connection(name, stream, peer, h, limits, shutdown).await;
                     drop(permit);
