@@ -948,7 +948,10 @@ impl Reader {
     /// Connection caps and timeouts of the HTTP doors (forward_auth, admin).
     fn http_limits(&mut self, c: &mut Config) {
         for (key, default) in [
-            ("forward_auth_max_connections", c.forward_auth_max_connections),
+            (
+                "forward_auth_max_connections",
+                c.forward_auth_max_connections,
+            ),
             ("admin_max_connections", c.admin_max_connections),
         ] {
             let n = match self.string(key) {
@@ -1208,12 +1211,19 @@ mod tests {
             problems[0]
         );
         let long = "t0ken-long-enough-t0ken-long-enough";
-        assert!(load(&format!("admin_listen: 0.0.0.0:8088\nadmin_token: {long}\n")).is_ok());
+        assert!(load(&format!(
+            "admin_listen: 0.0.0.0:8088\nadmin_token: {long}\n"
+        ))
+        .is_ok());
         // Too short off loopback; any length on loopback.
         let problems = load("admin_listen: 0.0.0.0:8088\nadmin_token: a\n").unwrap_err();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "admin_token");
-        assert!(problems[0].message.contains("at least 32"), "{}", problems[0]);
+        assert!(
+            problems[0].message.contains("at least 32"),
+            "{}",
+            problems[0]
+        );
         assert!(load("admin_listen: 127.0.0.1:8088\nadmin_token: a\n").is_ok());
         assert!(load("admin_listen: localhost:8088\n").is_ok());
         assert!(load("admin_listen: \"[::1]:8088\"\n").is_ok());
@@ -1248,6 +1258,54 @@ mod tests {
         assert_eq!(c.api_key.as_deref(), Some("secret"));
         let problems = load(&format!("api_key: a\napi_key_file: {}\n", f.display())).unwrap_err();
         assert_eq!(problems[0].key, "api_key");
+    }
+
+    #[test]
+    fn http_limits() {
+        let c = load("").unwrap();
+        assert_eq!(
+            (c.forward_auth_max_connections, c.admin_max_connections),
+            (1024, 64)
+        );
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_write_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(60));
+        let c = load(
+            "forward_auth_max_connections: 5\nadmin_max_connections: 2\n\
+             http_header_timeout: 3s\nhttp_write_timeout: 4s\nhttp_idle_timeout: 2m\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.forward_auth_max_connections, c.admin_max_connections),
+            (5, 2)
+        );
+        assert_eq!(
+            (
+                c.http_header_timeout,
+                c.http_write_timeout,
+                c.http_idle_timeout
+            ),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(4),
+                Duration::from_secs(120)
+            )
+        );
+        let problems = load(
+            "forward_auth_max_connections: 0\nadmin_max_connections: x\n\
+             http_header_timeout: 2h\nhttp_write_timeout: 500ms\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "forward_auth_max_connections",
+                "admin_max_connections",
+                "http_header_timeout",
+                "http_write_timeout"
+            ]
+        );
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub fn create_temp_beside(path: &Path, mode: u32) -> io::Result<(File, PathBuf)>
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     loop {
-        let tmp = dir.join(format!(".{name}.cerberus-tmp-{:016x}", rand::random::<u64>()));
+        let tmp = dir.join(format!(
+            ".{name}.cerberus-tmp-{:016x}",
+            rand::random::<u64>()
+        ));
         let opened = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

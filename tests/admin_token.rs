@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_cerberus");
 
 fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -41,7 +45,10 @@ async fn a_symlinked_token_file_refuses_the_start_and_its_target_is_untouched() 
         }
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("is a symlink") && err.contains("remove"), "{err}");
+    assert!(
+        err.contains("is a symlink") && err.contains("remove"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
     assert_eq!(mode(&victim), 0o644);
 }
@@ -61,7 +68,10 @@ async fn a_loose_token_file_is_set_to_0600_and_an_empty_one_replaced() {
     chmod(&path, 0o644);
     let app = start(dir.path()).await.unwrap();
     assert_eq!(app.admin_token.len(), 64, "a new token");
-    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), app.admin_token);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        app.admin_token
+    );
     assert_eq!(mode(&path), 0o600);
     app.stop().await;
 }
@@ -95,7 +105,11 @@ async fn wrong_tokens_are_slowed_one_at_a_time_and_counted() {
     }
     // Five guesses in parallel still wait their turn: at least four delays in all.
     let floor = cerberus::admin::FAILURE_DELAY * 4;
-    assert!(started.elapsed() >= floor, "{:?} < {floor:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= floor,
+        "{:?} < {floor:?}",
+        started.elapsed()
+    );
     assert!(failures() >= before + 5.0);
     // The right token is not slowed down by the gate (it never takes it).
     let (status, _) = admin.get("/status").await;
@@ -108,8 +122,8 @@ fn check(config: &Path) -> (bool, String) {
         .args(["-c", config.to_str().unwrap(), "check"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -134,16 +148,29 @@ fn check_names_secret_files_others_can_read_and_short_tokens_off_loopback() {
     .unwrap();
     let (ok, text) = check(&cfg);
     assert!(!ok, "{text}");
-    assert!(text.contains("api_key_file:") && text.contains(&format!("chmod 600 {}", key.display())), "{text}");
-    assert!(text.contains("data_dir:") && text.contains("0640"), "{text}");
+    assert!(
+        text.contains("api_key_file:") && text.contains(&format!("chmod 600 {}", key.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("data_dir:") && text.contains("0640"),
+        "{text}"
+    );
     chmod(&key, 0o600);
     chmod(&token, 0o600);
     let (ok, text) = check(&cfg);
     assert!(ok, "{text}");
 
     // A short token with an admin API other machines reach.
-    std::fs::write(&cfg, format!("data_dir: {d}\nadmin_listen: 0.0.0.0:8088\nadmin_token: a\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("data_dir: {d}\nadmin_listen: 0.0.0.0:8088\nadmin_token: a\n"),
+    )
+    .unwrap();
     let (ok, text) = check(&cfg);
     assert!(!ok, "{text}");
-    assert!(text.contains("admin_token:") && text.contains("at least 32"), "{text}");
+    assert!(
+        text.contains("admin_token:") && text.contains("at least 32"),
+        "{text}"
+    );
 }

@@ -94,7 +94,12 @@ async fn an_index_with_types_cscli_does_not_manage_is_refused_before_anything_is
         .unwrap_err();
     assert!(matches!(err, HubError::BadIndex { .. }), "{err:?}");
     let msg = err.to_string();
-    for word in ["acquis.d", "notifications", "cscli does not manage", "nothing was written"] {
+    for word in [
+        "acquis.d",
+        "notifications",
+        "cscli does not manage",
+        "nothing was written",
+    ] {
         assert!(msg.contains(word), "{word:?} in {msg}");
     }
     assert!(err.body().nothing_changed, "{:?}", err.body());
@@ -111,7 +116,9 @@ async fn an_index_with_types_cscli_does_not_manage_is_refused_before_anything_is
 async fn a_plain_http_hub_url_is_warned_about_off_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let plain = hub("http://hub.example.org/.index.json", dir.path());
-    let w = plain.url_warning().expect("plain http off loopback is warned about");
+    let w = plain
+        .url_warning()
+        .expect("plain http off loopback is warned about");
     assert!(w.contains("hub_url") && w.contains("https"), "{w}");
     for quiet in [
         "https://hub-data.crowdsec.net/master/.index.json",

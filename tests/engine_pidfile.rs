@@ -42,7 +42,10 @@ async fn a_reused_pid_is_not_signalled_but_the_recorded_process_is() {
         let t = pidfile::start_time(other.id()).expect("its start time");
         std::fs::write(&path, format!("{} {}\n", other.id(), t + 1)).unwrap();
         start_and_stop(&engine).await;
-        assert!(alive(other.id()), "a process that reused the pid is left alone");
+        assert!(
+            alive(other.id()),
+            "a process that reused the pid is left alone"
+        );
         other.kill().unwrap();
         other.wait().unwrap();
 

@@ -116,7 +116,11 @@ async fn socket_lookups_keep_answering_while_the_http_doors_are_flooded() {
     })
     .await
     .unwrap();
-    assert!(held.len() as u64 > NOFILE, "the flood got {} connections", held.len());
+    assert!(
+        held.len() as u64 > NOFILE,
+        "the flood got {} connections",
+        held.len()
+    );
 
     for round in 0..10 {
         let ban = lookup(&socket, "192.0.2.7").await;
@@ -135,7 +139,11 @@ async fn socket_lookups_keep_answering_while_the_http_doors_are_flooded() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["remediation"], "ban");
 

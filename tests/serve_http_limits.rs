@@ -44,7 +44,9 @@ fn counter(name: &str, reason: &str) -> f64 {
     let text = cerberus::metrics::render().expect("the recorder is installed by start");
     text.lines()
         .filter(|l| l.starts_with(name))
-        .filter(|l| l.contains("door=\"forward_auth\"") && l.contains(&format!("reason=\"{reason}\"")))
+        .filter(|l| {
+            l.contains("door=\"forward_auth\"") && l.contains(&format!("reason=\"{reason}\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -108,17 +110,28 @@ async fn a_trickled_request_head_is_closed_after_the_header_timeout() {
         c.http_header_timeout = Duration::from_millis(300);
     })
     .await;
-    let before = counter("cerberus_http_connections_timed_out_total", "header_timeout");
+    let before = counter(
+        "cerberus_http_connections_timed_out_total",
+        "header_timeout",
+    );
     let s = TcpStream::connect(&addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     // One header line every 50 ms: always some progress, never a whole head.
     let trickle = tokio::spawn(async move {
-        if wr.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+        if wr
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_err()
+        {
             return;
         }
         for i in 0..200 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if wr.write_all(format!("X-{i}: y\r\n").as_bytes()).await.is_err() {
+            if wr
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -131,7 +144,12 @@ async fn a_trickled_request_head_is_closed_after_the_header_timeout() {
     .is_ok();
     assert!(closed, "a slow head is closed");
     trickle.abort();
-    assert!(counter("cerberus_http_connections_timed_out_total", "header_timeout") >= before + 1.0);
+    assert!(
+        counter(
+            "cerberus_http_connections_timed_out_total",
+            "header_timeout"
+        ) >= before + 1.0
+    );
     app.stop().await;
 }
 

@@ -51,7 +51,9 @@ fn read_existing(path: &Path) -> anyhow::Result<Option<String>> {
         );
     }
     if !meta.is_file() {
-        bail!("{shown} is not a regular file: remove it (a new token is written at the next start)");
+        bail!(
+            "{shown} is not a regular file: remove it (a new token is written at the next start)"
+        );
     }
     // O_NOFOLLOW: a symlink swapped in since the check above fails the open.
     let mut f = std::fs::OpenOptions::new()
@@ -73,7 +75,9 @@ fn read_existing(path: &Path) -> anyhow::Result<Option<String>> {
     if mode & 0o077 != 0 {
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("{shown} has mode {mode:04o} and cannot be set to 0600"))?;
-        warn!("{shown} had mode {mode:04o} (group or others could read the admin token): set to 0600");
+        warn!(
+            "{shown} had mode {mode:04o} (group or others could read the admin token): set to 0600"
+        );
     }
     let mut text = String::new();
     f.read_to_string(&mut text)

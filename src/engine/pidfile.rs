@@ -47,7 +47,10 @@ pub fn read(path: &Path) -> Result<Option<Recorded>, String> {
         .ok_or("not a pid")?;
     let start_time = match words.next() {
         None => None,
-        Some(w) => Some(w.parse::<u64>().map_err(|_| "not a start time after the pid")?),
+        Some(w) => Some(
+            w.parse::<u64>()
+                .map_err(|_| "not a start time after the pid")?,
+        ),
     };
     Ok(Some(Recorded { pid, start_time }))
 }
@@ -71,7 +74,10 @@ mod tests {
     fn the_start_time_tells_a_reused_pid_apart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.pid");
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         write(&path, child.id()).unwrap();
         let rec = read(&path).unwrap().unwrap();
         assert_eq!(rec.pid, child.id());
@@ -81,7 +87,10 @@ mod tests {
             start_time: rec.start_time.map(|t| t + 1),
             ..rec
         };
-        assert!(!other.same_process(), "another start time is another process");
+        assert!(
+            !other.same_process(),
+            "another start time is another process"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!rec.same_process(), "a gone process is not the same");

@@ -28,7 +28,12 @@ pub struct Budget {
 }
 
 /// Splits `limit` descriptors between the doors, each at most its configured cap.
-pub fn plan(limit: u64, socket: usize, forward_auth: usize, admin: usize) -> Result<Budget, String> {
+pub fn plan(
+    limit: u64,
+    socket: usize,
+    forward_auth: usize,
+    admin: usize,
+) -> Result<Budget, String> {
     if limit < MIN_LIMIT {
         return Err(format!(
             "the open-file limit is {limit}; cerberus needs at least {MIN_LIMIT} (raise `ulimit -n` or LimitNOFILE=)"
@@ -90,13 +95,21 @@ pub fn fit(config: &mut Config) -> anyhow::Result<Budget> {
     )
     .map_err(anyhow::Error::msg)?;
     for (key, wanted, got) in [
-        ("socket_max_connections", config.socket_max_connections, budget.socket),
+        (
+            "socket_max_connections",
+            config.socket_max_connections,
+            budget.socket,
+        ),
         (
             "forward_auth_max_connections",
             config.forward_auth_max_connections,
             budget.forward_auth,
         ),
-        ("admin_max_connections", config.admin_max_connections, budget.admin),
+        (
+            "admin_max_connections",
+            config.admin_max_connections,
+            budget.admin,
+        ),
     ] {
         if got < wanted {
             warn!(
@@ -122,11 +135,18 @@ mod tests {
     #[test]
     fn the_caps_never_exceed_the_limit() {
         for limit in [MIN_LIMIT, 256, 1024, 4096, 1 << 20] {
-            for caps in [(1, 1, 1), (1024, 1024, 64), (1_000_000, 1_000_000, 1_000_000)] {
+            for caps in [
+                (1, 1, 1),
+                (1024, 1024, 64),
+                (1_000_000, 1_000_000, 1_000_000),
+            ] {
                 let b = plan(limit, caps.0, caps.1, caps.2).unwrap();
                 let used = RESERVED + (b.socket + b.forward_auth + b.admin) as u64;
                 assert!(used <= limit, "{limit} {caps:?}: {b:?}");
-                assert!(b.socket >= 1 && b.forward_auth >= 1 && b.admin >= 1, "{b:?}");
+                assert!(
+                    b.socket >= 1 && b.forward_auth >= 1 && b.admin >= 1,
+                    "{b:?}"
+                );
                 assert!(b.socket <= caps.0 && b.forward_auth <= caps.1 && b.admin <= caps.2);
             }
         }

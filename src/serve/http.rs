@@ -293,7 +293,8 @@ impl Activity {
 
     fn wrote(&self) {
         self.moved();
-        self.write_waiting_since.store(NOT_WAITING, Ordering::Relaxed);
+        self.write_waiting_since
+            .store(NOT_WAITING, Ordering::Relaxed);
     }
 
     fn write_blocked(&self) {
@@ -337,8 +338,7 @@ async fn watchdog(activity: &Activity, limits: &Limits) -> &'static str {
             return "write_timeout";
         }
         let last = activity.last_progress.load(Ordering::Relaxed);
-        if activity.handling.load(Ordering::Relaxed) == 0 && now.saturating_sub(last) >= idle_ms
-        {
+        if activity.handling.load(Ordering::Relaxed) == 0 && now.saturating_sub(last) >= idle_ms {
             return "idle_timeout";
         }
     }
@@ -366,7 +366,11 @@ macro_rules! on_stream {
 }
 
 impl Watched {
-    fn after_write<T>(&self, r: Poll<std::io::Result<T>>, progressed: impl Fn(&T) -> bool) -> Poll<std::io::Result<T>> {
+    fn after_write<T>(
+        &self,
+        r: Poll<std::io::Result<T>>,
+        progressed: impl Fn(&T) -> bool,
+    ) -> Poll<std::io::Result<T>> {
         match &r {
             Poll::Ready(Ok(v)) if progressed(v) => self.activity.wrote(),
             Poll::Pending => self.activity.write_blocked(),

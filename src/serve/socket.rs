@@ -159,7 +159,10 @@ impl SocketServer {
 /// at `path` could be followed: the socket is bound and chmodded in a fresh private
 /// directory (0700, random name) beside `path`, then renamed onto `path`; `rename`
 /// replaces whatever is there (a planted symlink included) without following it.
-pub(crate) fn bind_unix(path: &Path, mode: u32) -> std::io::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn bind_unix(
+    path: &Path,
+    mode: u32,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
     bind_unix_with(path, mode, || {})
 }
 

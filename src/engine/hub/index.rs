@@ -527,14 +527,20 @@ mod tests {
             let mut v = small();
             v[evil] = json!({ "x/y": item(&format!("{evil}/x/y.yaml"), "a: 1") });
             let err = Index::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-            assert!(err.contains(evil) && err.contains("cscli does not manage"), "{err}");
+            assert!(
+                err.contains(evil) && err.contains("cscli does not manage"),
+                "{err}"
+            );
         }
         // Lists that are not types (a scenario's references) are not dependencies.
         let mut v = small();
         v["collections"]["t/web"]["references"] = json!(["https://example.org"]);
         let index = parse(&v);
         let web = index.get("collections", "t/web").unwrap();
-        assert!(web.deps.iter().all(|(k, _)| TYPE_ORDER.contains(&k.as_str())));
+        assert!(web
+            .deps
+            .iter()
+            .all(|(k, _)| TYPE_ORDER.contains(&k.as_str())));
     }
 
     #[test]
