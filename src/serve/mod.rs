@@ -6,6 +6,7 @@ pub mod fds;
 pub mod forward_auth;
 pub mod http;
 pub mod socket;
+mod stall;
 
 use crate::decision::Remediation;
 use crate::lapi::sync::SyncStats;
