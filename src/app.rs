@@ -50,6 +50,12 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Before anything registers a metric handle (the doors do when they are built).
     crate::metrics::install();
+    // Connection caps sized from the open-file limit (raised first): see serve::fds.
+    let mut config = config;
+    crate::serve::fds::fit(&mut config)?;
+    for p in config.exposed_secret_files() {
+        tracing::warn!("{p}");
+    }
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir {}: cannot create it", config.data_dir.display()))?;

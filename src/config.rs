@@ -2,6 +2,10 @@
 //! settable as `CERBERUS_<KEY>`, checked as a whole so that `cerberus check` lists every
 //! problem at once, each naming its key.
 
+mod secrets;
+
+pub use secrets::MIN_ADMIN_TOKEN_LEN;
+
 use crate::duration::parse_config_duration;
 use crate::store::UnreachablePolicy;
 use ipnet::IpNet;
@@ -43,6 +47,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("socket_max_connections", Kind::Int),
     ("socket_idle_timeout", Kind::Str),
     ("forward_auth_listen", Kind::Str),
+    ("forward_auth_max_connections", Kind::Int),
+    ("admin_max_connections", Kind::Int),
+    ("http_header_timeout", Kind::Str),
+    ("http_write_timeout", Kind::Str),
+    ("http_idle_timeout", Kind::Str),
     ("admin_listen", Kind::Str),
     ("admin_token", Kind::Str),
     ("admin_token_file", Kind::Str),
@@ -213,6 +222,20 @@ pub struct Config {
     pub forward_auth_listen: Listen,
     /// Default `127.0.0.1:8088`.
     pub admin_listen: Listen,
+    /// Connections served at once by forward_auth (default 1024) and the admin API
+    /// (default 64); more are closed at once and counted as shed. At start both are
+    /// lowered to fit the descriptor budget (see [`crate::serve::fds`]).
+    pub forward_auth_max_connections: usize,
+    pub admin_max_connections: usize,
+    /// HTTP doors: time for a request head, counted from when the connection is ready
+    /// for it (so an idle keep-alive connection is closed after it too). Default 10s.
+    pub http_header_timeout: Duration,
+    /// HTTP doors: an answer that cannot be written for this long (a peer that sends
+    /// and never reads) closes the connection. Default 10s.
+    pub http_write_timeout: Duration,
+    /// HTTP doors: no byte either way for this long, with no request being handled,
+    /// closes the connection (a stalled body). Default 60s.
+    pub http_idle_timeout: Duration,
     pub admin_token: Option<String>,
     /// The CrowdSec central API, probed by the diagnostics.
     pub capi_url: String,
@@ -248,6 +271,9 @@ pub struct Config {
     /// How often the heartbeat poller checks the engine with the central API; zero
     /// turns the poller off. Default 5m.
     pub heartbeat_interval: Duration,
+    /// The files secrets were read from, by key (`api_key_file`, ...), for
+    /// [`Config::exposed_secret_files`].
+    pub secret_files: Vec<(String, PathBuf)>,
 }
 
 impl Default for Config {
@@ -275,6 +301,11 @@ impl Default for Config {
             socket_idle_timeout: Duration::from_secs(60),
             forward_auth_listen: Listen::Tcp("127.0.0.1:7420".into()),
             admin_listen: Listen::Tcp("127.0.0.1:8088".into()),
+            forward_auth_max_connections: 1024,
+            admin_max_connections: 64,
+            http_header_timeout: Duration::from_secs(10),
+            http_write_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
             admin_token: None,
             capi_url: "https://api.crowdsec.net".into(),
             trusted_proxies: vec![],
@@ -293,6 +324,7 @@ impl Default for Config {
             console_engine_config: None,
             console_cscli_bin: PathBuf::from("cscli"),
             heartbeat_interval: Duration::from_secs(5 * 60),
+            secret_files: Vec::new(),
         }
     }
 }
@@ -410,6 +442,7 @@ fn flatten_sections(map: Mapping) -> Mapping {
 struct Reader {
     map: Mapping,
     problems: Vec<Problem>,
+    secret_files: Vec<(String, PathBuf)>,
 }
 
 impl Reader {
@@ -417,6 +450,7 @@ impl Reader {
         Reader {
             map,
             problems: Vec::new(),
+            secret_files: Vec::new(),
         }
     }
 
@@ -515,6 +549,9 @@ impl Reader {
         let file_key = format!("{key}_file");
         let inline = self.string(key);
         let file = self.path(&file_key);
+        if let Some(p) = &file {
+            self.secret_files.push((file_key.clone(), p.clone()));
+        }
         match (inline, file) {
             (Some(_), Some(_)) => {
                 self.problem(key, format!("set either {key} or {file_key}, not both"));
@@ -691,7 +728,11 @@ impl Reader {
                 }
             }
         }
+        self.http_limits(&mut c);
         c.admin_token = self.secret("admin_token");
+        if let Some(p) = secrets::token_strength(&c.admin_listen, c.admin_token.as_deref()) {
+            self.problems.push(p);
+        }
         if let Listen::Tcp(addr) = &c.admin_listen {
             if c.admin_token.is_none() && !is_loopback(addr) {
                 self.problem(
@@ -837,6 +878,7 @@ impl Reader {
             }
         }
         self.check_dirs(&c);
+        c.secret_files = std::mem::take(&mut self.secret_files);
         if self.problems.is_empty() {
             Ok(c)
         } else {
@@ -900,6 +942,53 @@ impl Reader {
                  (api.server.listen_uri of engine.config_file) with a bouncer key of its own; \
                  remove api_url and api_key, or set engine.enabled: false to use this LAPI",
             );
+        }
+    }
+
+    /// Connection caps and timeouts of the HTTP doors (forward_auth, admin).
+    fn http_limits(&mut self, c: &mut Config) {
+        for (key, default) in [
+            (
+                "forward_auth_max_connections",
+                c.forward_auth_max_connections,
+            ),
+            ("admin_max_connections", c.admin_max_connections),
+        ] {
+            let n = match self.string(key) {
+                None => default,
+                Some(s) => match s.parse::<usize>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => n,
+                    _ => {
+                        self.problem(
+                            key,
+                            format!("{s:?} is not a number of connections from 1 to 1000000"),
+                        );
+                        default
+                    }
+                },
+            };
+            match key {
+                "admin_max_connections" => c.admin_max_connections = n,
+                _ => c.forward_auth_max_connections = n,
+            }
+        }
+        for key in [
+            "http_header_timeout",
+            "http_write_timeout",
+            "http_idle_timeout",
+        ] {
+            let Some(d) = self.duration(key) else {
+                continue;
+            };
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                self.problem(key, "must be from 1s to 1h");
+                continue;
+            }
+            match key {
+                "http_header_timeout" => c.http_header_timeout = d,
+                "http_write_timeout" => c.http_write_timeout = d,
+                _ => c.http_idle_timeout = d,
+            }
         }
     }
 
@@ -1121,7 +1210,21 @@ mod tests {
             "{}",
             problems[0]
         );
-        assert!(load("admin_listen: 0.0.0.0:8088\nadmin_token: t0ken-long-enough\n").is_ok());
+        let long = "t0ken-long-enough-t0ken-long-enough";
+        assert!(load(&format!(
+            "admin_listen: 0.0.0.0:8088\nadmin_token: {long}\n"
+        ))
+        .is_ok());
+        // Too short off loopback; any length on loopback.
+        let problems = load("admin_listen: 0.0.0.0:8088\nadmin_token: a\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "admin_token");
+        assert!(
+            problems[0].message.contains("at least 32"),
+            "{}",
+            problems[0]
+        );
+        assert!(load("admin_listen: 127.0.0.1:8088\nadmin_token: a\n").is_ok());
         assert!(load("admin_listen: localhost:8088\n").is_ok());
         assert!(load("admin_listen: \"[::1]:8088\"\n").is_ok());
         let problems = load("capi_url: api.crowdsec.net\n").unwrap_err();
@@ -1155,6 +1258,54 @@ mod tests {
         assert_eq!(c.api_key.as_deref(), Some("secret"));
         let problems = load(&format!("api_key: a\napi_key_file: {}\n", f.display())).unwrap_err();
         assert_eq!(problems[0].key, "api_key");
+    }
+
+    #[test]
+    fn http_limits() {
+        let c = load("").unwrap();
+        assert_eq!(
+            (c.forward_auth_max_connections, c.admin_max_connections),
+            (1024, 64)
+        );
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_write_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(60));
+        let c = load(
+            "forward_auth_max_connections: 5\nadmin_max_connections: 2\n\
+             http_header_timeout: 3s\nhttp_write_timeout: 4s\nhttp_idle_timeout: 2m\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.forward_auth_max_connections, c.admin_max_connections),
+            (5, 2)
+        );
+        assert_eq!(
+            (
+                c.http_header_timeout,
+                c.http_write_timeout,
+                c.http_idle_timeout
+            ),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(4),
+                Duration::from_secs(120)
+            )
+        );
+        let problems = load(
+            "forward_auth_max_connections: 0\nadmin_max_connections: x\n\
+             http_header_timeout: 2h\nhttp_write_timeout: 500ms\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "forward_auth_max_connections",
+                "admin_max_connections",
+                "http_header_timeout",
+                "http_write_timeout"
+            ]
+        );
     }
 
     #[test]

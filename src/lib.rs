@@ -16,7 +16,8 @@
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
 //!   heartbeat poller.
 //! - [`app`]: wires the parts together under one shutdown signal.
-//! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
+//! - [`duration`], [`clock`], [`metrics`]: small shared pieces; [`secure_file`]: files
+//!   written without following symlinks.
 
 pub mod admin;
 pub mod app;
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod lapi;
 pub mod metrics;
 pub mod persist;
+pub mod secure_file;
 pub mod serve;
 pub mod store;
 pub mod usage;

@@ -251,27 +251,32 @@ fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCod
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {
-    match Config::load(path.as_deref()) {
+    // Secret files that group or others can open are problems here too (the daemon only
+    // logs them).
+    let problems = match Config::load(path.as_deref()) {
         Ok(c) => {
-            let mode = match (c.mode(), &c.api_url) {
-                ("engine", _) => format!(
-                    "managed CrowdSec engine ({})",
-                    c.engine.config_file.display()
-                ),
-                (_, Some(url)) => format!("LAPI at {url}"),
-                _ => "standalone".into(),
-            };
-            println!("config OK: {mode}, data_dir {}", c.data_dir.display());
-            ExitCode::SUCCESS
-        }
-        Err(problems) => {
-            eprintln!("config has {} problem(s):", problems.len());
-            for p in problems {
-                eprintln!("  {p}");
+            let exposed = c.exposed_secret_files();
+            if exposed.is_empty() {
+                let mode = match (c.mode(), &c.api_url) {
+                    ("engine", _) => format!(
+                        "managed CrowdSec engine ({})",
+                        c.engine.config_file.display()
+                    ),
+                    (_, Some(url)) => format!("LAPI at {url}"),
+                    _ => "standalone".into(),
+                };
+                println!("config OK: {mode}, data_dir {}", c.data_dir.display());
+                return ExitCode::SUCCESS;
             }
-            ExitCode::from(2)
+            exposed
         }
+        Err(problems) => problems,
+    };
+    eprintln!("config has {} problem(s):", problems.len());
+    for p in problems {
+        eprintln!("  {p}");
     }
+    ExitCode::from(2)
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {

@@ -56,6 +56,14 @@ pub const LOOKUP_DURATION: &str = "cerberus_lookup_duration_seconds";
 pub const SOCKET_REFUSED: &str = "cerberus_socket_connections_refused_total";
 /// Malformed frames received on the socket (each closes its connection).
 pub const SOCKET_BAD_FRAMES: &str = "cerberus_socket_bad_frames_total";
+/// Socket connections closed because they held part of a frame for a whole idle period.
+pub const SOCKET_STALLED: &str = "cerberus_socket_stalled_closed_total";
+/// HTTP connections (forward_auth, admin) closed unserved, by `door` and `reason` (`cap`:
+/// the door's connection cap, sized from the descriptor budget, was reached).
+pub const HTTP_SHED: &str = "cerberus_http_connections_shed_total";
+/// HTTP connections closed by `door` and `reason` (`header_timeout`, `write_timeout`,
+/// `idle_timeout`) because the peer stalled.
+pub const HTTP_TIMEOUTS: &str = "cerberus_http_connections_timed_out_total";
 /// forward_auth requests answered 400 because no usable client IP was found.
 pub const FORWARD_AUTH_NO_CLIENT_IP: &str = "cerberus_forward_auth_no_client_ip_total";
 /// Pushes of usage metrics to LAPI by `outcome` (ok, not_found, connect, timeout,
@@ -187,6 +195,24 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         "Malformed frames received on the socket (each closes its connection).",
     ),
     (
+        SOCKET_STALLED,
+        Kind::Counter,
+        Unit::Count,
+        "Socket connections closed because they held part of a frame for a whole idle period.",
+    ),
+    (
+        HTTP_SHED,
+        Kind::Counter,
+        Unit::Count,
+        "HTTP connections closed unserved, by door (forward_auth, admin) and reason (cap: the door's connection cap was reached).",
+    ),
+    (
+        HTTP_TIMEOUTS,
+        Kind::Counter,
+        Unit::Count,
+        "HTTP connections closed by door and reason (header_timeout, write_timeout, idle_timeout).",
+    ),
+    (
         FORWARD_AUTH_NO_CLIENT_IP,
         Kind::Counter,
         Unit::Count,
@@ -274,6 +300,9 @@ pub const ALL: &[&str] = &[
     LOOKUP_DURATION,
     SOCKET_REFUSED,
     SOCKET_BAD_FRAMES,
+    SOCKET_STALLED,
+    HTTP_SHED,
+    HTTP_TIMEOUTS,
     FORWARD_AUTH_NO_CLIENT_IP,
     USAGE_PUSHES,
     HUB_OPERATIONS,

@@ -426,6 +426,49 @@ async fn an_idle_connection_is_closed_without_a_frame() {
     app.stop().await;
 }
 
+/// The value of an unlabelled counter in this process's Prometheus text (0 when absent).
+fn counter(name: &str) -> f64 {
+    let text = cerberus::metrics::render().expect("the recorder is installed by start");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holding_a_partial_frame_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path(), None, None);
+    config.socket_idle_timeout = Duration::from_millis(300);
+    let app = start(config).await;
+    let before = counter("cerberus_socket_stalled_closed_total");
+    // One whole ping, then the first bytes of a lookup: the ping is answered, and the
+    // partial frame must not keep the connection (and its slot of the cap) for ever.
+    let mut out = BytesMut::new();
+    encode_request(&Request::Ping { id: 1 }, &mut out);
+    let mut lookup = BytesMut::new();
+    encode_request(
+        &Request::Lookup {
+            id: 2,
+            addr: ip("192.0.2.1"),
+        },
+        &mut lookup,
+    );
+    out.extend_from_slice(&lookup[..3]);
+    let mut s = UnixStream::connect(&app.config.socket).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let (frames, eof) = read_to_end(&mut s).await;
+    assert!(eof, "a connection stalled on a partial frame is closed");
+    assert_eq!(frames, vec![Response::Pong { id: 1 }]);
+    // A connection holding one byte and nothing else goes the same way.
+    let mut s = UnixStream::connect(&app.config.socket).await.unwrap();
+    s.write_all(&lookup[..1]).await.unwrap();
+    let (frames, eof) = read_to_end(&mut s).await;
+    assert!(eof, "a one-byte connection is closed");
+    assert!(frames.is_empty());
+    assert!(counter("cerberus_socket_stalled_closed_total") >= before + 2.0);
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_are_counted_by_the_decider() {
     let dir = tempfile::tempdir().unwrap();

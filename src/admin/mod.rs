@@ -3,7 +3,7 @@
 //! a token, `/healthz`, `/readyz` and `/metrics` (Prometheus text).
 //!
 //! The token is `admin_token` (or `admin_token_file`) from the config, else one generated
-//! on first start into `data_dir/admin_token` (mode 0600). The config refuses a
+//! on first start into `data_dir/admin_token` (mode 0600; see [`token`]). The config refuses a
 //! non-loopback `admin_listen` without a token of the operator's own. A token in the query
 //! string is refused (it would end up in access logs). Bodies are capped at
 //! [`MAX_BODY`]; every bad input gets a 400 with a JSON error naming the field.
@@ -15,6 +15,7 @@ mod console;
 mod decisions;
 mod diagnostics;
 mod hub;
+mod token;
 
 use crate::config::Config;
 use crate::control::Control;
@@ -26,16 +27,12 @@ use crate::lapi::{LapiClient, Upstream};
 use crate::persist::Persister;
 use crate::serve::Readiness;
 use crate::store::Decider;
-use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -147,47 +144,7 @@ impl Admin {
     }
 }
 
-/// The admin token: the configured one, else `data_dir/admin_token`, created (0600) with
-/// a random value on first start.
-pub fn token(config: &Config) -> anyhow::Result<String> {
-    if let Some(t) = &config.admin_token {
-        return Ok(t.clone());
-    }
-    let path = config.data_dir.join("admin_token");
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => warn!("{} is empty: writing a new admin token", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-    let token = generate_token();
-    write_secret(&path, &token)?;
-    info!(
-        "generated an admin API token in {} (mode 0600); send it as `Authorization: Bearer <token>`",
-        path.display()
-    );
-    Ok(token)
-}
-
-fn generate_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(value.as_bytes())?;
-    f.write_all(b"\n")?;
-    Ok(())
-}
+pub use token::{token, FAILURE_DELAY};
 
 /// Starts the admin listener; `None` when `admin_listen` is off.
 pub async fn start(
@@ -196,11 +153,25 @@ pub async fn start(
 ) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
     let listen = admin.config.admin_listen.clone();
     let mode = admin.config.socket_mode;
+    let limits = crate::serve::http::Limits::new(
+        &admin.config,
+        "admin_max_connections",
+        admin.config.admin_max_connections,
+    );
     let handler = move |req: Request<hyper::body::Incoming>, _peer: Option<IpAddr>| {
         let admin = admin.clone();
         async move { handle(&admin, req).await }
     };
-    crate::serve::http::serve("admin", "admin_listen", &listen, mode, handler, shutdown).await
+    crate::serve::http::serve(
+        "admin",
+        "admin_listen",
+        &listen,
+        mode,
+        limits,
+        handler,
+        shutdown,
+    )
+    .await
 }
 
 /// An answer being built: status and JSON (or text) body.
@@ -264,7 +235,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn authorized(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Result<(), ApiError> {
+async fn authorized(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Result<(), ApiError> {
     let unauthorized = |msg: &str| ApiError {
         status: StatusCode::UNAUTHORIZED,
         message: msg.into(),
@@ -302,6 +273,7 @@ fn authorized(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Result<(),
         Some(t) if same(t.as_bytes(), admin.token.as_bytes()) => Ok(()),
         Some(_) => {
             metrics::counter!(crate::metrics::ADMIN_AUTH_FAILURES).increment(1);
+            token::after_failure().await;
             Err(unauthorized("wrong admin token"))
         }
         None => Err(unauthorized(
@@ -309,6 +281,9 @@ fn authorized(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Result<(),
         )),
     }
 }
+
+/// How long a request body may take to arrive.
+const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a JSON object body of at most [`MAX_BODY`] bytes.
 pub(crate) async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, ApiError> {
@@ -328,7 +303,17 @@ pub(crate) async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Val
             return Err(too_big());
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    // A body that stalls would hold a connection (and a slot of admin_max_connections).
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_WAIT, collect).await else {
+        return Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the body did not arrive within {} s", BODY_WAIT.as_secs()),
+            field: Some("body".into()),
+            challenge: false,
+        });
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_big()),
         Err(e) => return Err(bad("body", format!("cannot read the body: {e}"))),
@@ -405,7 +390,7 @@ async fn route(
     if !known {
         return error(StatusCode::NOT_FOUND, format!("no such route {path}"), None);
     }
-    if let Err(e) = authorized(admin, &req) {
+    if let Err(e) = authorized(admin, &req).await {
         return e.into();
     }
     match (method.as_str(), rest) {

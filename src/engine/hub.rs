@@ -240,6 +240,8 @@ struct Inner {
     opts: HubOptions,
     op_lock: tokio::sync::Mutex<()>,
     current: Mutex<Option<Arc<Loaded>>>,
+    /// Set for a plain `http://` hub URL off loopback (see [`plain_http_warning`]).
+    url_warning: Option<String>,
 }
 
 struct Loaded {
@@ -284,8 +286,13 @@ impl Hub {
             Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_string(),
         };
+        let url_warning = plain_http_warning(&url);
+        if let Some(w) = &url_warning {
+            warn!(warning = %w, "hub: plain http");
+        }
         Ok(Hub {
             inner: Arc::new(Inner {
+                url_warning,
                 hub_url: url,
                 host,
                 cache_dir: cache_dir.to_path_buf(),
@@ -296,6 +303,12 @@ impl Hub {
                 current: Mutex::new(None),
             }),
         })
+    }
+
+    /// The warning about `hub_url` itself (plain http off loopback), also given in every
+    /// listing's `index.warning`.
+    pub fn url_warning(&self) -> Option<&str> {
+        self.inner.url_warning.as_deref()
     }
 
     pub fn layout(&self) -> &EngineLayout {
@@ -458,7 +471,10 @@ impl Inner {
             fetched_at: unix_secs(l.fetched_at),
             items: l.index.len(),
             skipped: l.index.skipped.clone(),
-            warning: l.warning.clone(),
+            warning: match (&self.url_warning, &l.warning) {
+                (Some(url), Some(cache)) => Some(format!("{url}; {cache}")),
+                (url, cache) => url.clone().or_else(|| cache.clone()),
+            },
         }
     }
 
@@ -872,6 +888,28 @@ impl Inner {
         })
         .await;
     }
+}
+
+/// A warning for a hub URL in plain `http://`: anyone on the path can change the index,
+/// and with it the digests that vouch for what gets installed. Loopback (tests, a local
+/// mirror) is not warned about.
+fn plain_http_warning(url: &reqwest::Url) -> Option<String> {
+    if url.scheme() != "http" {
+        return None;
+    }
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        format!(
+            "hub_url {url} is plain http: the index (and the digests it gives for every item) \
+             can be altered in transit; use https"
+        )
+    })
 }
 
 fn check_name(name: &str) -> Result<String, HubError> {

@@ -3,4 +3,5 @@
 
 pub mod hub;
 pub mod managed;
+pub mod pidfile;
 pub mod supervisor;

@@ -1356,7 +1356,7 @@ impl Inner {
         let path = self.pid_file();
         let write = || -> io::Result<()> {
             std::fs::create_dir_all(&self.settings.data_dir)?;
-            std::fs::write(&path, format!("{pid}\n"))
+            super::pidfile::write(&path, pid)
         };
         if let Err(e) = write() {
             warn!(
@@ -1367,27 +1367,38 @@ impl Inner {
     }
 
     /// Stops an engine that an earlier run of cerberus left behind: the process group
-    /// named by the pid file, when its leader or another member still runs this config.
+    /// named by the pid file, when its leader (started at the recorded time) or another
+    /// member still runs this config.
     async fn stop_leftover(&self) {
         let path = self.pid_file();
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return;
+        let recorded = match super::pidfile::read(&path) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(why) => {
+                warn!("ignoring {}: {why}", path.display());
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
         };
-        let Ok(pid) = text.trim().parse::<u32>() else {
-            warn!("ignoring {}: not a pid", path.display());
-            let _ = std::fs::remove_file(&path);
-            return;
-        };
+        let pid = recorded.pid;
         let config = self.config();
         let ours = lock(&self.current)
             .as_ref()
             .is_some_and(|p| p.pid == pid && p.exited().is_none());
         let leader_alive = !proc_gone(pid);
-        // A live leader that runs something else: the pid was recycled; a dead leader:
-        // its group (which keeps the id from being recycled) may still hold the engine.
+        // A live leader that started at another time or runs something else: the pid was
+        // recycled; a dead leader: its group (which keeps the id from being recycled) may
+        // still hold the engine.
         let leftover = !ours
             && if leader_alive {
-                runs_config(pid, config)
+                let same = recorded.same_process();
+                if !same {
+                    info!(
+                        "{}: pid {pid} now belongs to a process started at another time; not signalling it",
+                        path.display()
+                    );
+                }
+                same && runs_config(pid, config)
             } else {
                 group_members(pid).iter().any(|m| runs_config(*m, config))
             };

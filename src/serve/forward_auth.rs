@@ -350,6 +350,11 @@ pub async fn start(
         "forward_auth_listen",
         &config.forward_auth_listen,
         config.socket_mode,
+        super::http::Limits::new(
+            config,
+            "forward_auth_max_connections",
+            config.forward_auth_max_connections,
+        ),
         handler,
         shutdown,
     )

@@ -2,9 +2,11 @@
 //! `bouncer-api` (for the Caddy module) and an HTTP endpoint for Caddy's stock
 //! `forward_auth` directive. Both ask the same [`Decider`] and count what they answer.
 
+pub mod fds;
 pub mod forward_auth;
 pub mod http;
 pub mod socket;
+mod stall;
 
 use crate::decision::Remediation;
 use crate::lapi::sync::SyncStats;

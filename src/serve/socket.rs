@@ -43,20 +43,17 @@ pub struct SocketServer {
 
 impl SocketServer {
     /// Binds the socket: a socket file left by a crashed daemon is replaced, but a live
-    /// daemon answering on it is an error. The mode is applied with `set_permissions`.
+    /// daemon answering on it is an error. The mode is applied by [`bind_unix`].
     pub fn bind(settings: SocketSettings) -> anyhow::Result<SocketServer> {
         let path = &settings.path;
         clear_stale(path)?;
-        let listener = std::os::unix::net::UnixListener::bind(path)
-            .with_context(|| format!("socket {}: cannot bind", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.mode))
-            .with_context(|| {
-                format!(
-                    "socket {}: cannot set mode {:04o}",
-                    path.display(),
-                    settings.mode
-                )
-            })?;
+        let listener = bind_unix(path, settings.mode).with_context(|| {
+            format!(
+                "socket {}: cannot bind it with mode {:04o}",
+                path.display(),
+                settings.mode
+            )
+        })?;
         listener
             .set_nonblocking(true)
             .context("socket: cannot make it non-blocking")?;
@@ -158,6 +155,50 @@ impl SocketServer {
     }
 }
 
+/// Binds a Unix socket at `path` with `mode`, with no window in which a symlink planted
+/// at `path` could be followed: the socket is bound and chmodded in a fresh private
+/// directory (0700, random name) beside `path`, then renamed onto `path`; `rename`
+/// replaces whatever is there (a planted symlink included) without following it.
+pub(crate) fn bind_unix(
+    path: &Path,
+    mode: u32,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    bind_unix_with(path, mode, || {})
+}
+
+/// [`bind_unix`], calling `after_bind` between the bind and the chmod (where tests play
+/// the attacker).
+fn bind_unix_with(
+    path: &Path,
+    mode: u32,
+    after_bind: impl FnOnce(),
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let private = loop {
+        let dir = parent.join(format!(".cerberus-{:08x}", rand::random::<u32>()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => break dir,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let inner = private.join("s");
+    let bound = (|| {
+        let listener = std::os::unix::net::UnixListener::bind(&inner)?;
+        after_bind();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 /// Removes a socket file nobody answers on; refuses a live one or a non-socket file.
 pub(crate) fn clear_stale(path: &Path) -> anyhow::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
@@ -228,9 +269,10 @@ impl Connection {
         let mut input = BytesMut::with_capacity(4096);
         let mut output = BytesMut::with_capacity(4096);
         // The idle timer is not re-armed per batch (that would cost a timer update per
-        // read): a batch only sets `active`, and when the timer fires after activity it
-        // is armed again. So a connection is closed after between one and two idle
-        // periods without a request, and never with part of a frame outstanding.
+        // read): an answered request only sets `active`, and when the timer fires after
+        // activity it is armed again. So a connection is closed after between one and two
+        // idle periods without a complete request, whether or not it holds part of a
+        // frame (a byte per connection must not hold a slot of the cap for ever).
         let idle = tokio::time::sleep(self.idle_timeout);
         tokio::pin!(idle);
         let mut active = false;
@@ -243,8 +285,16 @@ impl Connection {
                 r = stream.read_buf(&mut input) => r,
                 _ = shutdown.changed() => return,
                 _ = &mut idle => {
-                    if !active && input.is_empty() {
-                        debug!("socket: closing an idle connection");
+                    if !active {
+                        if input.is_empty() {
+                            debug!("socket: closing an idle connection");
+                        } else {
+                            metrics::counter!(names::SOCKET_STALLED).increment(1);
+                            debug!(
+                                "socket: closing a connection stalled on a partial frame ({} bytes)",
+                                input.len()
+                            );
+                        }
                         return;
                     }
                     active = false;
@@ -258,16 +308,18 @@ impl Connection {
             }
             let fatal = self.answer_all(&mut input, &mut output, &meters);
             if !output.is_empty() {
-                if stream.write_all(&output).await.is_err() {
-                    return;
+                // Bounded like the rest: a peer that never reads its answers is dropped.
+                match tokio::time::timeout(self.idle_timeout, stream.write_all(&output)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
                 output.clear();
+                active = true;
             }
             if fatal {
                 let _ = stream.shutdown().await;
                 return;
             }
-            active = true;
         }
     }
 
@@ -301,5 +353,36 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_symlink_planted_at_the_path_after_bind_is_replaced_not_chmodded() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("cerberus.sock");
+        let listener = bind_unix_with(&path, 0o666, || {
+            // The attacker's move, right between bind and chmod.
+            std::os::unix::fs::symlink(&target, &path).unwrap();
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o777, 0o600);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket(), "the symlink was replaced");
+        assert_eq!(meta.mode() & 0o777, 0o666);
+        drop(std::os::unix::net::UnixStream::connect(&path).expect("the socket answers"));
+        drop(listener);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no private directory is left: {left:?}");
     }
 }

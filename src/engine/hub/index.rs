@@ -13,7 +13,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
-/// Item types in the order a listing shows them and a bare name is resolved in.
+/// Item types in the order a listing shows them and a bare name is resolved in: the
+/// types cscli manages (crowdsec `pkg/cwhub/item.go`, `ItemTypes`), and no other. Each
+/// names the directory of `config_dir` its items are linked into, so an index with any
+/// other type (`notifications`, `acquis.d`, ...) is refused whole.
 pub const TYPE_ORDER: &[&str] = &[
     "collections",
     "parsers",
@@ -166,10 +169,23 @@ pub struct Index {
 impl Index {
     /// Parses and checks an index. An item whose path or stage would leave the hub dir,
     /// or that lacks a required field, is left out and named in [`Index::skipped`]; a
-    /// document that is not an index at all, or lists no item, is an error.
+    /// document that is not an index at all, lists no item, or has an item type cscli
+    /// does not manage (see [`TYPE_ORDER`]), is an error.
     pub fn parse(bytes: &[u8]) -> Result<Index, String> {
         let top: BTreeMap<String, serde_json::Value> = serde_json::from_slice(bytes)
             .map_err(|e| format!("not a JSON object of item types: {e}"))?;
+        let unknown: Vec<&String> = top
+            .keys()
+            .filter(|k| !TYPE_ORDER.contains(&k.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "it has item type(s) {unknown:?} that cscli does not manage (only {}); \
+                 their items would be linked into config_dir/<type>/, so the index is \
+                 refused and nothing was written (a tampered or foreign index: check hub_url)",
+                TYPE_ORDER.join(", ")
+            ));
+        }
         let mut index = Index::default();
         for (kind, value) in top {
             let serde_json::Value::Object(map) = value else {
@@ -178,12 +194,6 @@ impl Index {
                     .push(format!("{kind}: not a map of items, left out"));
                 continue;
             };
-            if !safe_component(&kind) {
-                index
-                    .skipped
-                    .push(format!("item type {kind:?}: not a plain name, left out"));
-                continue;
-            }
             let mut items = BTreeMap::new();
             for (name, raw) in map {
                 match serde_json::from_value::<RawItem>(raw) {
@@ -220,20 +230,13 @@ impl Index {
         self.len() == 0
     }
 
-    /// The item types of this index, in [`TYPE_ORDER`] first.
+    /// The item types of this index, in [`TYPE_ORDER`].
     pub fn kinds(&self) -> Vec<String> {
-        let mut kinds: Vec<String> = TYPE_ORDER
+        TYPE_ORDER
             .iter()
             .filter(|k| self.items.contains_key(**k))
             .map(|k| k.to_string())
-            .collect();
-        kinds.extend(
-            self.items
-                .keys()
-                .filter(|k| !TYPE_ORDER.contains(&k.as_str()))
-                .cloned(),
-        );
-        kinds
+            .collect()
     }
 
     pub fn get(&self, kind: &str, name: &str) -> Option<&Item> {
@@ -392,8 +395,14 @@ impl Item {
             .or_else(|| raw.long_description.as_deref().and_then(first_line_of_b64))
             .unwrap_or_default();
         let mut deps = Vec::new();
-        let mut dep_kinds: Vec<&String> = raw.rest.keys().collect();
-        dep_kinds.sort_by_key(|k| TYPE_ORDER.iter().position(|t| t == k).unwrap_or(usize::MAX));
+        // Only lists named after a type are dependencies (as cscli ranges over its item
+        // types); other lists (`references`, `labels`) are metadata.
+        let mut dep_kinds: Vec<&String> = raw
+            .rest
+            .keys()
+            .filter(|k| TYPE_ORDER.contains(&k.as_str()))
+            .collect();
+        dep_kinds.sort_by_key(|k| TYPE_ORDER.iter().position(|t| t == k));
         for dep_kind in dep_kinds {
             if let serde_json::Value::Array(list) = &raw.rest[dep_kind] {
                 for dep in list {
@@ -510,6 +519,28 @@ mod tests {
 
     fn names(items: &[&Item]) -> Vec<String> {
         items.iter().map(|i| i.name.clone()).collect()
+    }
+
+    #[test]
+    fn only_the_types_cscli_manages_are_accepted() {
+        for evil in ["notifications", "acquis.d", "..", "patterns"] {
+            let mut v = small();
+            v[evil] = json!({ "x/y": item(&format!("{evil}/x/y.yaml"), "a: 1") });
+            let err = Index::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(
+                err.contains(evil) && err.contains("cscli does not manage"),
+                "{err}"
+            );
+        }
+        // Lists that are not types (a scenario's references) are not dependencies.
+        let mut v = small();
+        v["collections"]["t/web"]["references"] = json!(["https://example.org"]);
+        let index = parse(&v);
+        let web = index.get("collections", "t/web").unwrap();
+        assert!(web
+            .deps
+            .iter()
+            .all(|(k, _)| TYPE_ORDER.contains(&k.as_str())));
     }
 
     #[test]

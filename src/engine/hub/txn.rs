@@ -257,19 +257,14 @@ pub(crate) fn write_atomic(
     mode: u32,
     mtime: Option<SystemTime>,
 ) -> Step<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent_of(path).join(format!(".{name}.cerberus-tmp-{}", std::process::id()));
+    // A random name, created exclusively and without following a symlink.
+    let (mut f, tmp) = step(
+        "create a temp file beside",
+        path,
+        crate::secure_file::create_temp_beside(path, mode),
+    )?;
     let result = (|| {
-        let mut f = step("create", &tmp, File::create(&tmp))?;
         step("write", &tmp, f.write_all(bytes))?;
-        step(
-            "set the mode of",
-            &tmp,
-            f.set_permissions(fs::Permissions::from_mode(mode & 0o7777)),
-        )?;
         if let Some(t) = mtime {
             step(
                 "set the mtime of",
@@ -463,6 +458,21 @@ mod tests {
         txn.write_file(&root.path().join("n.yaml"), b"n", Path::new("n"))
             .unwrap();
         assert_eq!(txn.commit(), None);
+    }
+
+    #[test]
+    fn a_symlink_at_the_old_predictable_temp_name_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        // Where today's main put its temp file: `.NAME.cerberus-tmp-PID`.
+        let planted = root
+            .path()
+            .join(format!(".x.yaml.cerberus-tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic(&root.path().join("x.yaml"), b"new", 0o644, None).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(fs::read(root.path().join("x.yaml")).unwrap(), b"new");
     }
 
     #[test]
