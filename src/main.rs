@@ -179,7 +179,7 @@ fn with_admin(
     token: Option<String>,
     f: impl FnOnce(&Config, &cli::Target) -> ExitCode,
 ) -> ExitCode {
-    let mut config = match Config::load(path.as_deref()) {
+    let mut config = match cerberus::app::load_config(path.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("cerberus: the config has {} problem(s):", problems.len());
@@ -211,7 +211,7 @@ fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCod
     };
     let socket = match socket {
         Some(s) => s,
-        None => match Config::load(config.as_deref()) {
+        None => match cerberus::app::load_config(config.as_deref()) {
             Ok(c) => c.socket,
             Err(problems) => {
                 eprintln!(
@@ -251,7 +251,7 @@ fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCod
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {
-    match Config::load(path.as_deref()) {
+    match cerberus::app::load_config(path.as_deref()) {
         Ok(c) => {
             let mode = match (c.mode(), &c.api_url) {
                 ("engine", _) => format!(
@@ -275,7 +275,7 @@ fn check(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {
-    let config = match Config::load(path.as_deref()) {
+    let config = match cerberus::app::load_config(path.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!(
