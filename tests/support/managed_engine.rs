@@ -18,10 +18,12 @@ pub struct Bins {
     pub root: PathBuf,
 }
 
-/// Unpacks Debian's crowdsec package once (scripts/crowdsec-lapi.sh install).
+/// Unpacks (1.4.6) or builds (1.7.8) the crowdsec under test once
+/// (scripts/crowdsec-lapi.sh install, which reads `CERBERUS_CROWDSEC_VERSION`).
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
+        super::lapi::version();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = Command::new("bash")
             .arg(repo.join("scripts/crowdsec-lapi.sh"))

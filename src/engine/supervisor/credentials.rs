@@ -23,6 +23,13 @@ pub(super) fn new_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The key that `cscli bouncers add NAME -o raw` printed: one word of printable ASCII.
+fn raw_key(printed: &str) -> Option<String> {
+    let key = printed.trim();
+    let ok = key.len() >= 16 && key.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| key.to_string())
+}
+
 impl Inner {
     /// The agent logs in to the LAPI with the machine credentials of
     /// `api.client.credentials_path`; create them when the file is missing (as the
@@ -107,9 +114,21 @@ impl Inner {
             self.cscli(&["--error", "bouncers", "delete", &name])
                 .await?;
         }
-        let key = new_key();
-        self.cscli(&["--error", "bouncers", "add", &name, "-k", &key])
+        // cscli makes the key and prints it alone (`-o raw`), so that it is never on a
+        // command line (where `ps` shows it to every user of the machine).
+        let printed = self
+            .cscli_with(&["--error", "-o", "raw", "bouncers", "add", &name], true)
             .await?;
+        let key = raw_key(&printed).ok_or_else(|| EngineError::Cscli {
+            config: self.config().to_path_buf(),
+            args: format!("-o raw bouncers add {name}"),
+            // Its output is not shown: it may hold the key after all.
+            status: format!(
+                "it printed no API key ({} bytes of output, not shown)",
+                printed.len()
+            ),
+            output: vec![],
+        })?;
         self.write_key_file(&path, &key)?;
         info!(
             "[CROWDSEC_STARTUP] created bouncer {name} in the engine's LAPI; its key is in {} (mode 0600)",
@@ -164,6 +183,12 @@ impl Inner {
     }
 
     pub(super) async fn cscli(&self, args: &[&str]) -> Result<String, EngineError> {
+        self.cscli_with(args, false).await
+    }
+
+    /// Runs cscli; with `secret_stdout`, a failure shows only its stderr (its stdout is
+    /// where a raw secret goes).
+    async fn cscli_with(&self, args: &[&str], secret_stdout: bool) -> Result<String, EngineError> {
         let shown = args.join(" ");
         let fail = |status: String, output: Vec<String>| EngineError::Cscli {
             config: self.config().to_path_buf(),
@@ -190,11 +215,12 @@ impl Inner {
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
+            let stdout = if secret_stdout {
+                String::new()
+            } else {
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let text = format!("{}{stdout}", String::from_utf8_lossy(&out.stderr));
             let lines: Vec<String> = text
                 .lines()
                 .filter(|l| !l.trim().is_empty())
@@ -219,6 +245,12 @@ mod tests {
             "0372a8619ebcbbcd91abcda1ba389ac36e72962887b3019de3372a561fd962da\
              7e9cfa0c3069c46ca5dc2ad88e607e70bb7a87996ab96fea7aa27e5288952055"
         );
+        assert_eq!(
+            raw_key("  abcdef0123456789ABCDEF\n").as_deref(),
+            Some("abcdef0123456789ABCDEF")
+        );
+        assert_eq!(raw_key(""), None);
+        assert_eq!(raw_key("API key for 'x':\n\n   abcdef0123456789\n"), None);
         let k = new_key();
         assert_eq!(k.len(), 64);
         assert_ne!(k, new_key());

@@ -14,7 +14,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 /// How an engine process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -327,6 +327,25 @@ pub(super) fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// When process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`).
+pub(super) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from ")".
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `PID` or `PID START_TIME` (what [`Inner::write_pid_file`] writes).
+pub(super) fn parse_pid_file(text: &str) -> Option<(u32, Option<u64>)> {
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    let start = match words.next() {
+        None => None,
+        Some(w) => Some(w.parse().ok()?),
+    };
+    words.next().is_none().then_some((pid, start))
+}
+
 /// True when process `pid` runs with `-c config` on its command line.
 pub(super) fn runs_config(pid: u32, config: &Path) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -380,7 +399,12 @@ impl Inner {
         let path = self.pid_file();
         let write = || -> io::Result<()> {
             std::fs::create_dir_all(&self.settings.data_dir)?;
-            std::fs::write(&path, format!("{pid}\n"))
+            // With its start time: a later run can tell the engine from a process that
+            // got the same pid after a reboot or a wrap-around.
+            match start_time(pid) {
+                Some(t) => std::fs::write(&path, format!("{pid} {t}\n")),
+                None => std::fs::write(&path, format!("{pid}\n")),
+            }
         };
         if let Err(e) = write() {
             warn!(
@@ -397,8 +421,8 @@ impl Inner {
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;
         };
-        let Ok(pid) = text.trim().parse::<u32>() else {
-            warn!("ignoring {}: not a pid", path.display());
+        let Some((pid, recorded_start)) = parse_pid_file(&text) else {
+            warn!("ignoring {}: not a pid (and start time)", path.display());
             let _ = std::fs::remove_file(&path);
             return;
         };
@@ -407,6 +431,18 @@ impl Inner {
             .as_ref()
             .is_some_and(|p| p.pid == pid && p.exited().is_none());
         let leader_alive = !proc_gone(pid);
+        // A live process with that pid that started at another time is not the engine
+        // that was recorded, whatever its command line says.
+        let recycled = leader_alive
+            && recorded_start.is_some_and(|t| start_time(pid).is_some_and(|now| now != t));
+        if recycled {
+            info!(
+                "pid {pid} of {} now belongs to another process (it started at another time); leaving it alone",
+                path.display()
+            );
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
         // A live leader that runs something else: the pid was recycled; a dead leader:
         // its group (which keeps the id from being recycled) may still hold the engine.
         let leftover = !ours
@@ -456,6 +492,19 @@ impl Inner {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn pid_files_and_start_times_read_well() {
+        assert_eq!(parse_pid_file("42\n"), Some((42, None)));
+        assert_eq!(parse_pid_file("42 12345\n"), Some((42, Some(12345))));
+        assert_eq!(parse_pid_file("42 x"), None);
+        assert_eq!(parse_pid_file("42 1 2"), None);
+        assert_eq!(parse_pid_file(""), None);
+        let me = std::process::id();
+        let t = start_time(me).expect("our own start time");
+        assert_eq!(start_time(me), Some(t), "stable for a running process");
+        assert_eq!(start_time(u32::MAX), None);
+    }
 
     #[test]
     fn exit_statuses_read_well() {
