@@ -1,18 +1,26 @@
 //! A stand-in for CrowdSec's central API (CAPI) on loopback, and a CrowdSec engine
-//! config whose online credentials point at it, so that the real `cscli` 1.4.6 of
-//! Debian's package enrolls against it.
+//! config whose online credentials point at it, so that the real `cscli` of the version
+//! under test (1.4.6 or 1.7.8, [`super::lapi::version`]) enrolls against it.
 //!
-//! It answers what cscli 1.4.6 and cerberus' heartbeat call, the way CrowdSec's API
-//! client reads it (`pkg/apiclient` at v1.4.6):
-//! - `POST /v2/watchers/login` `{"machine_id","password","scenarios":[...]}` ->
-//!   `200 {"code":200,"expire":RFC3339,"token"}`; a body without a `scenarios` array is
-//!   a 400 (the real CAPI refuses `null` there);
-//! - `POST /v2/watchers/enroll` `{"attachment_key","name","tags","overwrite"}` with the
-//!   token -> 202 for a new enrollment; 200 means "already enrolled" to cscli;
-//! - `GET /v2/heartbeat` with the token -> 200.
+//! It answers what cscli and cerberus' heartbeat call, under `/v2/` (what 1.4.6 speaks)
+//! and `/v3/` (1.5 and later: `VersionPrefix: "v3"` in `cmd/crowdsec-cli/cliconsole/
+//! console.go`, `enroll`, and in `pkg/apiserver/apic.go`, `NewAPIC`, of 1.7.8), the same
+//! way under both, as the real central API serves both generations of engines:
+//! - `POST /vN/watchers/login` `{"machine_id","password","scenarios":[...]}` ->
+//!   `200 {"code":200,"expire":RFC3339,"token"}` (read by `pkg/apiclient/auth_jwt.go`,
+//!   `JWTTransport.refreshJwtToken`, as `models.WatcherAuthResponse`); a body without a
+//!   `scenarios` array is a 400 (the real CAPI refuses `null` there);
+//! - `POST /vN/watchers/enroll` with the token: 1.4.6 sends `{"attachment_key","name",
+//!   "tags","overwrite"}`, 1.7.8 `{"attachment_key","name","tags","autoenroll"}` plus
+//!   `"overwrite": true` only when set (`pkg/apiclient/auth_service.go`, `enrollRequest`
+//!   and `EnrollWatcher`) -> 202 for a new enrollment; 200 means "already enrolled" to
+//!   cscli (`console.go`, `enroll`: `rawResp.Response.StatusCode == http.StatusOK`);
+//! - `GET /vN/heartbeat` with the token -> 200 (`pkg/apiclient/heartbeat.go`, `Ping`:
+//!   any 2xx).
 //!
-//! Errors carry `{"message": ...}`: cscli's error type dereferences `message`, so an
-//! error body without it would crash cscli instead of being reported.
+//! Errors carry `{"message": ...}`: cscli's error type dereferences `message` (1.4.6
+//! crashes on a body without it; 1.7.8 prints the body as is, `pkg/apiclient/resperr.go`,
+//! `CheckResponse`, and prints `API error: MESSAGE` from `ErrorResponse.Error`).
 //!
 //! ```ignore
 //! let capi = Capi::start(Mode::Ok).await;
@@ -157,6 +165,17 @@ impl Capi {
         self.seen().into_iter().filter(|s| s.path == path).collect()
     }
 
+    /// `/v2/REST` for cscli 1.4.6, `/v3/REST` for 1.7.8: where the version under test
+    /// sends its requests.
+    pub fn path(&self, rest: &str) -> String {
+        let v = if super::lapi::version().is_modern() {
+            "v3"
+        } else {
+            "v2"
+        };
+        format!("/{v}/{rest}")
+    }
+
     /// Tokens handed out by logins.
     pub fn tokens(&self) -> Vec<String> {
         self.shared.tokens.lock().unwrap().clone()
@@ -255,7 +274,14 @@ fn route(
     if mode == Mode::ServerError {
         return (500, message("Internal server error"));
     }
-    match (seen.method.as_str(), seen.path.as_str()) {
+    // The same answers under both API versions.
+    let path = seen
+        .path
+        .strip_prefix("/v3/")
+        .or_else(|| seen.path.strip_prefix("/v2/"))
+        .map(|rest| format!("/v2/{rest}"))
+        .unwrap_or_else(|| seen.path.clone());
+    match (seen.method.as_str(), path.as_str()) {
         ("POST", "/v2/watchers/login") => {
             let Ok(body) = serde_json::from_str::<Value>(&seen.body) else {
                 return (400, message("Invalid request body"));
@@ -312,7 +338,7 @@ fn route(
     }
 }
 
-/// Debian's crowdsec package, unpacked once per test process: the path of its cscli.
+/// The crowdsec under test, unpacked or built once per test process: the path of its cscli.
 pub fn cscli() -> PathBuf {
     super::managed_engine::bins().cscli.clone()
 }
@@ -346,7 +372,7 @@ impl EngineConfig {
         for sub in ["config", "data", "hub"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
-        // cscli 1.4.6 reads the installed scenarios from the hub index: it needs the
+        // cscli reads the installed scenarios from the hub index: it needs the
         // item types to be there, even empty.
         std::fs::write(
             d.join("hub/.index.json"),
