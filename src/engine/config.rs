@@ -50,6 +50,69 @@ pub struct EngineConfigInfo {
     pub daemonize: bool,
     /// `common.log_dir/crowdsec.log` when `common.log_media` is `file`.
     pub log_file: Option<PathBuf>,
+    /// `api.server.online_client.credentials_path`: the engine's central API (CAPI)
+    /// credentials, written by `cscli capi register`. `None` when the config names none.
+    pub online_credentials: Option<PathBuf>,
+}
+
+/// Whether the engine runs with its central API (the community blocklist and console
+/// blocklist subscriptions), and why not when it does not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CapiPlan {
+    pub enabled: bool,
+    /// Why the community blocklist is off, with the fix.
+    pub reason: Option<String>,
+    pub credentials_path: Option<PathBuf>,
+}
+
+impl EngineConfigInfo {
+    /// With online credentials that exist (a file with `url`, `login` and `password`),
+    /// the engine runs with its central API; otherwise with `-no-capi`, and the reason.
+    pub fn capi_plan(&self, config: &Path) -> CapiPlan {
+        let off = |reason: String| CapiPlan {
+            enabled: false,
+            reason: Some(reason),
+            credentials_path: self.online_credentials.clone(),
+        };
+        let Some(path) = &self.online_credentials else {
+            return off(format!(
+                "{} names no api.server.online_client.credentials_path; add one (e.g. \
+                 /etc/crowdsec/online_api_credentials.yaml) and register with \
+                 `cerberus engine capi-register`",
+                config.display()
+            ));
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return off(format!(
+                    "the online credentials {} do not exist yet; register the engine with \
+                     `cerberus engine capi-register` (POST /api/v1/cerberus/crowdsec/capi/register)",
+                    path.display()
+                ))
+            }
+            Err(e) => return off(format!("cannot read {}: {e}", path.display())),
+        };
+        let creds: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_default();
+        let has = |k: &str| {
+            creds
+                .get(k)
+                .and_then(|v| v.as_str())
+                .is_some_and(|v| !v.is_empty())
+        };
+        if !(has("url") && has("login") && has("password")) {
+            return off(format!(
+                "{} lacks url, login or password; register again with \
+                 `cerberus engine capi-register`",
+                path.display()
+            ));
+        }
+        CapiPlan {
+            enabled: true,
+            reason: None,
+            credentials_path: Some(path.clone()),
+        }
+    }
 }
 
 /// Reads what cerberus needs from a CrowdSec config file (environment variables are
@@ -139,12 +202,15 @@ fn parse_engine_config(v: &serde_yaml_ng::Value, base: &Path) -> Result<EngineCo
         ),
         _ => None,
     };
+    let online_credentials =
+        text(&["api", "server", "online_client", "credentials_path"])?.map(absolute);
     Ok(EngineConfigInfo {
         listen_uri,
         lapi_url,
         credentials_path,
         daemonize,
         log_file,
+        online_credentials,
     })
 }
 

@@ -27,7 +27,7 @@
 mod credentials;
 mod process;
 
-pub use crate::engine::config::{read_engine_config, resolve_binary, EngineConfigInfo};
+pub use crate::engine::config::{read_engine_config, resolve_binary, CapiPlan, EngineConfigInfo};
 pub use process::ExitInfo;
 use process::{describe_status, Notify, Proc};
 
@@ -237,6 +237,8 @@ pub struct EngineStatus {
     /// Unix time (seconds) of the last state change.
     pub since: u64,
     pub lapi_url: String,
+    /// The central API (community blocklist): on or off and why, as of the last start.
+    pub capi: CapiPlan,
 }
 
 fn unix_now() -> u64 {
@@ -253,6 +255,7 @@ struct StatusState {
     last_exit: Option<ExitInfo>,
     last_error: Option<String>,
     since: u64,
+    capi: CapiPlan,
 }
 
 struct Inner {
@@ -321,6 +324,7 @@ impl Supervisor {
             .build()
             .map_err(|e| config_err(format!("cannot build an HTTP client: {e}")))?;
         let (creds, _) = watch::channel(None);
+        let capi = engine.capi_plan(&settings.config_file);
         Ok(Supervisor {
             inner: Arc::new(Inner {
                 settings,
@@ -334,6 +338,7 @@ impl Supervisor {
                     last_exit: None,
                     last_error: None,
                     since: unix_now(),
+                    capi,
                 }),
                 current: Mutex::new(None),
                 cancel: Mutex::new(CancellationToken::new()),
@@ -437,6 +442,7 @@ impl Supervisor {
             last_error: s.last_error.clone(),
             since: s.since,
             lapi_url: self.inner.engine.lapi_url.clone(),
+            capi: s.capi.clone(),
         }
     }
 
@@ -611,11 +617,27 @@ impl Inner {
         self.stop_leftover().await;
         self.check_port()?;
         self.ensure_agent_credentials().await?;
-        let args = vec![
-            "-c".to_string(),
-            self.config().display().to_string(),
-            "-no-capi".to_string(),
-        ];
+        let capi = self.engine.capi_plan(self.config());
+        let mut args = vec!["-c".to_string(), self.config().display().to_string()];
+        match &capi.reason {
+            None => info!(
+                "[CROWDSEC_STARTUP] the engine runs with its central API (community blocklist on; credentials {})",
+                capi.credentials_path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            Some(why) => {
+                info!("[CROWDSEC_STARTUP] community blocklist off (-no-capi): {why}");
+                args.push("-no-capi".to_string());
+            }
+        }
+        metrics::gauge!(crate::metrics::ENGINE_CAPI_ENABLED).set(if capi.enabled {
+            1.0
+        } else {
+            0.0
+        });
+        lock(&self.status).capi = capi;
         let started = Instant::now();
         let notify = Notify::bind();
         let proc = Proc::spawn(
