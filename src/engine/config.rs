@@ -86,7 +86,8 @@ impl EngineConfigInfo {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return off(format!(
-                    "the online credentials {} do not exist yet; register the engine with \
+                    "the online credentials {} do not exist (CrowdSec refuses to start while \
+                     its config names a missing one); register the engine with \
                      `cerberus engine capi-register` (POST /api/v1/cerberus/crowdsec/capi/register)",
                     path.display()
                 ))

@@ -18,6 +18,16 @@
 //! - `GET /vN/heartbeat` with the token -> 200 (`pkg/apiclient/heartbeat.go`, `Ping`:
 //!   any 2xx).
 //!
+//! - the engine's own central API calls (community blocklist, engine mode without
+//!   `-no-capi`): `POST /vN/signals` and `POST /vN/metrics` -> 200; `GET /v2/decisions/
+//!   stream` -> `{"new":[decision...],"deleted":[]}` with 1.4.6's decision fields, `GET
+//!   /v3/decisions/stream` -> `{"new":[{"scenario","scope","decisions":[{"value",
+//!   "duration"}]}],"deleted":[],"links":{"blocklists":[{"name","url","remediation",
+//!   "scope","duration"}]}}` (`pkg/modelscapi/get_decisions_stream_response*.go` and
+//!   `blocklist_link.go`, read by `pkg/apiserver/apic.go`, `PullTop` and
+//!   `UpdateBlocklists`), and the blocklist itself at `GET /blocklist/NAME`: one value a
+//!   line, as `pkg/apiclient/decisions_service.go`, `GetDecisionsFromBlocklist`, reads it.
+//!
 //! Errors carry `{"message": ...}`: cscli's error type dereferences `message` (1.4.6
 //! crashes on a body without it; 1.7.8 prints the body as is, `pkg/apiclient/resperr.go`,
 //! `CheckResponse`, and prints `API error: MESSAGE` from `ErrorResponse.Error`).
@@ -34,6 +44,13 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// The address the stand-in's community blocklist bans (origin `CAPI` in LAPI).
+pub const COMMUNITY_IP: &str = "192.0.2.200";
+/// The console blocklist subscription that v3 pulls link to, and the address it bans
+/// (origin `lists`, scenario `lists:NAME` in LAPI).
+pub const BLOCKLIST: &str = "cerberus-test-list";
+pub const BLOCKLIST_IP: &str = "192.0.2.201";
 
 /// How the stand-in behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +253,12 @@ async fn answer(mut sock: TcpStream, shared: &Shared, creds: &(String, String)) 
     shared.seen.lock().unwrap().push(seen.clone());
     let mode = *shared.mode.lock().unwrap();
     let (status, reply) = route(&seen, mode, shared, creds);
-    let text = reply.map(|v| v.to_string()).unwrap_or_default();
+    // A string is sent as it is (the blocklist's text), anything else as JSON.
+    let text = match reply {
+        Some(Value::String(raw)) => raw,
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
     let reason = match status {
         200 => "OK",
         202 => "Accepted",
@@ -273,6 +295,10 @@ fn route(
 ) -> (u16, Option<Value>) {
     if mode == Mode::ServerError {
         return (500, message("Internal server error"));
+    }
+    let v3 = seen.path.starts_with("/v3/");
+    if seen.method == "GET" && seen.path == format!("/blocklist/{BLOCKLIST}") {
+        return (200, Some(Value::String(format!("{BLOCKLIST_IP}\n"))));
     }
     // The same answers under both API versions.
     let path = seen
@@ -323,6 +349,43 @@ fn route(
                 Mode::InvalidKey => (403, message("attachment key is not valid")),
                 Mode::AlreadyEnrolled => (200, message("instance already enrolled")),
                 _ => (202, message("enrollment pending approval in the console")),
+            }
+        }
+        ("POST", "/v2/signals" | "/v2/metrics" | "/v2/usage-metrics") => {
+            if !bearer_ok(seen, shared) {
+                return (401, message("missing or unknown token"));
+            }
+            (200, message("OK"))
+        }
+        ("GET", p) if p.starts_with("/v2/decisions/stream") => {
+            if !bearer_ok(seen, shared) {
+                return (401, message("missing or unknown token"));
+            }
+            let scenario = "crowdsecurity/http-probing";
+            if v3 {
+                let list_url = format!(
+                    "http://{}/blocklist/{BLOCKLIST}",
+                    seen.header("host").unwrap_or("127.0.0.1")
+                );
+                (
+                    200,
+                    Some(json!({
+                        "new": [{"scenario": scenario, "scope": "ip",
+                                 "decisions": [{"value": COMMUNITY_IP, "duration": "24h"}]}],
+                        "deleted": [],
+                        "links": {"blocklists": [{"name": BLOCKLIST, "url": list_url,
+                                                  "remediation": "ban", "scope": "ip", "duration": "24h"}]},
+                    })),
+                )
+            } else {
+                (
+                    200,
+                    Some(json!({
+                        "new": [{"duration": "24h", "origin": "CAPI", "scenario": scenario,
+                                 "scope": "ip", "type": "ban", "value": COMMUNITY_IP}],
+                        "deleted": [],
+                    })),
+                )
             }
         }
         ("GET", "/v2/heartbeat") => {

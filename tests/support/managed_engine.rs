@@ -110,6 +110,9 @@ pub struct EngineOptions {
     pub index: Option<Vec<u8>>,
     /// Serve the engine's Prometheus metrics (so `cscli metrics` tells what was parsed).
     pub prometheus: bool,
+    /// Name `DIR/online_api_credentials.yaml` as the central API credentials (the test
+    /// writes the file before the engine starts).
+    pub online_client: bool,
 }
 
 impl Engine {
@@ -209,11 +212,18 @@ api:
     log_level: info
     listen_uri: 127.0.0.1:{port}
     profiles_path: {r}/profiles.yaml
-    trusted_ips:
+    console_path: {r}/console.yaml
+{online_client}    trusted_ips:
       - 127.0.0.1
 prometheus:
 {prometheus}",
-                plugins = plugins.display()
+                plugins = plugins.display(),
+                // cscli and crowdsec refuse to run when the named file is missing.
+                online_client = if opts.online_client {
+                    format!("    online_client:\n      credentials_path: {r}/online_api_credentials.yaml\n")
+                } else {
+                    String::new()
+                },
             ),
         )
         .unwrap();
@@ -271,6 +281,11 @@ prometheus:
         std::fs::write(&path, body).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    /// `api.server.online_client.credentials_path` (absent until a test writes it).
+    pub fn online_credentials(&self) -> PathBuf {
+        self.root.join("online_api_credentials.yaml")
     }
 
     pub fn key_file(&self) -> PathBuf {

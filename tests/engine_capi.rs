@@ -1,0 +1,204 @@
+//! The community blocklist in engine mode, on the CrowdSec version under test (1.4.6, or
+//! 1.7.8 with `CERBERUS_CROWDSEC_VERSION=1.7.8`): with online credentials that exist, the
+//! managed engine runs with its central API (no `-no-capi`) against a stand-in
+//! (tests/support/capi.rs); the community blocklist's decision reaches cerberus' hot path
+//! with origin `CAPI`, and on 1.7.8 a console blocklist subscription (`links.blocklists`
+//! of `/v3/decisions/stream`) arrives with origin `lists`. With the stand-in down, the
+//! engine still runs and local bans work. Without credentials, the engine runs with
+//! `-no-capi` and `/status` says why.
+
+mod support;
+
+use cerberus::app::Running;
+use cerberus::config::Config;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use support::admin::{with_admin, AdminClient};
+use support::capi::{Capi, Mode, BLOCKLIST, BLOCKLIST_IP, COMMUNITY_IP};
+use support::managed_engine::{bins, bounded, Engine, EngineOptions};
+
+fn config(engine: &Engine) -> Config {
+    let mut c = with_admin(support::config(&engine.data_dir, None, None));
+    c.engine.enabled = true;
+    c.engine.crowdsec_bin = bins().crowdsec.clone();
+    c.engine.cscli_bin = bins().cscli.clone();
+    c.engine.config_file = engine.config.clone();
+    c.capi_url = "http://127.0.0.1:9".into();
+    c
+}
+
+async fn start(engine: &Engine) -> Running {
+    std::fs::create_dir_all(&engine.data_dir).unwrap();
+    let app = cerberus::app::start(config(engine))
+        .await
+        .expect("cerberus starts");
+    support::wait_for("the first sync from the engine", 90, || {
+        app.stats.first_sync_done.load(Ordering::Relaxed)
+    })
+    .await;
+    app
+}
+
+fn write_online_credentials(engine: &Engine, capi: &Capi) {
+    std::fs::write(
+        engine.online_credentials(),
+        format!(
+            "url: {}\nlogin: {}\npassword: {}\n",
+            capi.url, capi.login, capi.password
+        ),
+    )
+    .unwrap();
+}
+
+fn origin(app: &Running, ip: &str) -> Option<String> {
+    let a = app.decider.answer(ip.parse::<IpAddr>().unwrap());
+    (!a.allows()).then(|| a.origin.as_deref().unwrap_or("").to_string())
+}
+
+/// The engine's central API pulls start once a machine has logged in to its LAPI with a
+/// non-empty scenario list (`apic.Pull`, "scenario list is empty, will not pull yet");
+/// this engine has no hub items, so log in as its agent with one scenario.
+async fn agent_login_with_a_scenario(engine: &Engine) {
+    let creds: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(engine.root.join("local_api_credentials.yaml")).unwrap(),
+    )
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/watchers/login", engine.url()))
+        .header("User-Agent", "crowdsec/cerberus-tests")
+        .json(&json!({
+            "machine_id": creds["login"],
+            "password": creds["password"],
+            "scenarios": ["crowdsecurity/http-probing"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+}
+
+fn engine_args(status: &Value) -> String {
+    let pid = status["engine"]["status"]["pid"].as_u64().unwrap();
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .replace('\0', " ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_community_blocklist_reaches_the_hot_path_with_origin_capi() {
+    let logs = support::logs();
+    let capi = Capi::start(Mode::Ok).await;
+    let engine = Engine::with(EngineOptions {
+        online_client: true,
+        ..EngineOptions::default()
+    });
+    write_online_credentials(&engine, &capi);
+    bounded(240, async {
+        let app = start(&engine).await;
+        let admin = AdminClient::new(&app);
+        let (_, st) = admin.get("/status").await;
+        assert_eq!(st["engine"]["status"]["capi"]["enabled"], true, "{st}");
+        assert!(
+            !engine_args(&st).contains("-no-capi"),
+            "{}",
+            engine_args(&st)
+        );
+        agent_login_with_a_scenario(&engine).await;
+        support::wait_for(
+            "the community blocklist's decision in the hot path",
+            120,
+            || origin(&app, COMMUNITY_IP).is_some(),
+        )
+        .await;
+        assert_eq!(origin(&app, COMMUNITY_IP).as_deref(), Some("CAPI"));
+        // The engine logged in to the central API with its online credentials.
+        let login = capi.seen_at(&capi.path("watchers/login"));
+        assert!(!login.is_empty(), "{:?}", capi.seen());
+        assert_eq!(login[0].json()["machine_id"], capi.login.as_str());
+        if support::lapi::version().is_modern() {
+            // 1.5+: the console blocklist subscription of links.blocklists.
+            support::wait_for("the blocklist subscription's decision", 60, || {
+                origin(&app, BLOCKLIST_IP).is_some()
+            })
+            .await;
+            assert_eq!(origin(&app, BLOCKLIST_IP).as_deref(), Some("lists"));
+            let a = app.decider.answer(BLOCKLIST_IP.parse().unwrap());
+            assert!(
+                a.scenario.as_deref().unwrap_or("").contains(BLOCKLIST),
+                "{:?}",
+                a.scenario
+            );
+        }
+        assert!(
+            logs.text().contains("community blocklist on"),
+            "{}",
+            logs.text()
+        );
+        app.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_central_api_down_the_engine_runs_and_local_bans_work() {
+    support::logs();
+    let capi = Capi::start(Mode::Down).await;
+    let engine = Engine::with(EngineOptions {
+        online_client: true,
+        ..EngineOptions::default()
+    });
+    write_online_credentials(&engine, &capi);
+    bounded(240, async {
+        let app = start(&engine).await;
+        let admin = AdminClient::new(&app);
+        let (_, st) = admin.get("/status").await;
+        assert_eq!(st["engine"]["status"]["state"], "running", "{st}");
+        assert!(!engine_args(&st).contains("-no-capi"));
+        engine.cscli(&["decisions", "add", "--ip", "192.0.2.99", "--duration", "1h"]);
+        support::wait_for("the local ban in the hot path", 60, || {
+            origin(&app, "192.0.2.99").is_some()
+        })
+        .await;
+        assert_eq!(origin(&app, "192.0.2.99").as_deref(), Some("cscli"));
+        let (_, st) = admin.get("/status").await;
+        assert_eq!(st["engine"]["status"]["state"], "running", "{st}");
+        app.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_online_credentials_the_engine_runs_with_no_capi_and_says_why() {
+    support::logs();
+    let engine = Engine::new();
+    bounded(240, async {
+        let app = start(&engine).await;
+        let admin = AdminClient::new(&app);
+        let (_, st) = admin.get("/status").await;
+        let capi = &st["engine"]["status"]["capi"];
+        assert_eq!(capi["enabled"], false, "{st}");
+        let why = capi["reason"].as_str().unwrap();
+        assert!(
+            why.contains("names no api.server.online_client.credentials_path")
+                && why.contains(&engine.config.display().to_string())
+                && why.contains("capi-register"),
+            "{why}"
+        );
+        assert!(engine_args(&st).contains("-no-capi"));
+        let metrics = reqwest::get(format!(
+            "http://{}/metrics",
+            app.admin_addr.as_deref().unwrap()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        assert!(
+            metrics.contains("cerberus_engine_capi_enabled 0"),
+            "{metrics}"
+        );
+        app.stop().await;
+    })
+    .await;
+}
