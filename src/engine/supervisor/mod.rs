@@ -62,6 +62,14 @@ const READY_SETTLE: Duration = Duration::from_millis(300);
 /// An engine that ran this long before dying is restarted after the shortest backoff.
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
+/// True when an engine's last output says it stopped because its central API failed.
+fn central_api_failed(output: &[String]) -> bool {
+    output.iter().any(|l| {
+        l.contains("authenticate watcher")
+            || (l.contains("unable to run local API") && l.contains("watchers/login"))
+    })
+}
+
 /// What can go wrong; every message names the file or command concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -431,6 +439,45 @@ impl Supervisor {
         }
     }
 
+    /// Registers the engine with the central API (`cscli capi register -f CREDENTIALS`,
+    /// which writes the online credentials) and, when the engine runs, restarts it so
+    /// that it runs with its central API. Answers the new plan.
+    pub async fn capi_register(&self) -> Result<CapiPlan, EngineError> {
+        let config = self.inner.config().to_path_buf();
+        let path = self
+            .inner
+            .engine
+            .online_credentials
+            .clone()
+            .ok_or_else(|| EngineError::Config {
+                path: config.clone(),
+                reason: "it names no api.server.online_client.credentials_path; add one (e.g. \
+                         /etc/crowdsec/online_api_credentials.yaml) so that cscli has \
+                         somewhere to write the central API credentials"
+                    .into(),
+            })?;
+        let path_text = path.display().to_string();
+        // Its stdout could hold the new password: never shown on failure.
+        self.inner
+            .cscli_secret(&["--error", "capi", "register", "-f", &path_text])
+            .await?;
+        let plan = self.inner.engine.capi_plan(&config);
+        info!(
+            "[CROWDSEC_STARTUP] registered the engine with the central API; credentials in {path_text}"
+        );
+        let running = lock(&self.inner.current)
+            .as_ref()
+            .is_some_and(|p| p.exited().is_none());
+        if running {
+            info!("restarting the CrowdSec engine so that it runs with its central API");
+            self.stop().await;
+            self.start().await?;
+        } else {
+            lock(&self.inner.status).capi = plan.clone();
+        }
+        Ok(plan)
+    }
+
     /// The state, pid, restarts and last exit.
     pub fn status(&self) -> EngineStatus {
         let s = lock(&self.inner.status);
@@ -618,6 +665,40 @@ impl Inner {
         self.check_port()?;
         self.ensure_agent_credentials().await?;
         let capi = self.engine.capi_plan(self.config());
+        if !capi.enabled {
+            return self.launch_once(capi).await;
+        }
+        match self.launch_once(capi.clone()).await {
+            // CrowdSec 1.5+ will not start its LAPI when the central API does not answer
+            // its login at start ("api server init: unable to run local API: authenticate
+            // watcher"). The engine must run anyway: once more without it.
+            Err(EngineError::Exited { status, run }) if central_api_failed(&run.output) => {
+                let said = run
+                    .output
+                    .iter()
+                    .find(|l| l.contains("authenticate watcher") || l.contains("watchers/login"))
+                    .map(|l| l.trim().to_string())
+                    .unwrap_or_else(|| status.clone());
+                warn!(
+                    "[CROWDSEC_STARTUP] the engine did not start with its central API ({said}); starting it with -no-capi"
+                );
+                let off = CapiPlan {
+                    enabled: false,
+                    reason: Some(format!(
+                        "the central API did not answer at the engine's start ({said}); the engine runs \
+                         with -no-capi until its next start. Outbound HTTPS to the central API \
+                         (a proxy in HTTPS_PROXY, DNS, a firewall) must work: see diagnose"
+                    )),
+                    credentials_path: capi.credentials_path,
+                };
+                self.launch_once(off).await
+            }
+            other => other,
+        }
+    }
+
+    /// One start of the engine with (`capi.enabled`) or without (`-no-capi`) its central API.
+    async fn launch_once(&self, capi: CapiPlan) -> Result<(Arc<Proc>, EngineCreds), EngineError> {
         let mut args = vec!["-c".to_string(), self.config().display().to_string()];
         match &capi.reason {
             None => info!(
