@@ -640,10 +640,7 @@ impl Console {
             } else {
                 crate::lapi::root_cause(&e)
             };
-            format!(
-                "the central API at {} is unreachable ({why}); outbound TCP to {} must be open",
-                engine.url, engine.hostport
-            )
+            unreachable_message(&engine, &why, e.is_timeout(), |k| std::env::var(k).ok())
         };
         let login = self
             .http
@@ -903,6 +900,84 @@ fn installed_scenarios(dir: &Path) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The proxy that a request to `url` goes through, from `HTTPS_PROXY`/`HTTP_PROXY` (or
+/// their lower-case forms) unless `NO_PROXY` names its host, as reqwest picks it:
+/// `(variable, proxy)`.
+fn proxy_for(url: &str, env: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    let https = url.starts_with("https://");
+    let host = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(url)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let get = |k: &str| {
+        env(k)
+            .or_else(|| env(&k.to_ascii_lowercase()))
+            .filter(|v| !v.trim().is_empty())
+    };
+    if let Some(no) = get("NO_PROXY") {
+        let hit = no.split(',').map(str::trim).any(|n| {
+            n == "*" || {
+                let n = n.trim_start_matches('.');
+                !n.is_empty() && (host == n || host.ends_with(&format!(".{n}")))
+            }
+        });
+        if hit {
+            return None;
+        }
+    }
+    let var = if https { "HTTPS_PROXY" } else { "HTTP_PROXY" };
+    get(var)
+        .map(|p| (var.to_string(), p))
+        .or_else(|| get("ALL_PROXY").map(|p| ("ALL_PROXY".to_string(), p)))
+}
+
+/// Why the central API could not be reached, named with its fix: through a proxy (the
+/// proxy is what failed), connection refused, a timeout, or a name that does not resolve.
+fn unreachable_message(
+    engine: &Engine,
+    why: &str,
+    timed_out: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> String {
+    let url = &engine.url;
+    if let Some((var, proxy)) = proxy_for(url, env) {
+        return format!(
+            "the central API at {url} is unreachable through the proxy {proxy} (from {var}): {why}; \
+             check that the proxy runs and lets CONNECT to {} through, or add the host to NO_PROXY",
+            engine.hostport
+        );
+    }
+    let lower = why.to_ascii_lowercase();
+    let host = engine
+        .hostport
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(&engine.hostport);
+    let fix = if lower.contains("dns")
+        || lower.contains("lookup")
+        || lower.contains("name or service not known")
+        || lower.contains("no such host")
+        || lower.contains("name resolution")
+    {
+        format!(
+            "the name {host} does not resolve: check the DNS resolver (/etc/resolv.conf) and the url in {}",
+            engine.credentials_path.display()
+        )
+    } else if timed_out {
+        format!(
+            "outbound TCP to {} must be open (a firewall that drops packets looks like this)",
+            engine.hostport
+        )
+    } else {
+        format!("outbound TCP to {} must be open", engine.hostport)
+    };
+    format!("the central API at {url} is unreachable ({why}); {fix}")
 }
 
 /// The central API version of a cscli whose `cscli version` printed `text`
@@ -1401,6 +1476,77 @@ mod tests {
         let f = classify(&exited(false, out), &engine(), "KEY12345").unwrap_err();
         assert_eq!(f.kind, FailureKind::ServerError);
         assert!(f.message.contains("HTTP 500"), "{}", f.message);
+    }
+
+    #[test]
+    fn troubleshooting_rows_name_their_fix() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let e = engine();
+        let none = env(&[]);
+        // A dead proxy: the proxy is named, not api.crowdsec.net:443.
+        let m = unreachable_message(
+            &e,
+            "connection refused",
+            false,
+            env(&[("HTTPS_PROXY", "http://127.0.0.1:3128")]),
+        );
+        assert!(
+            m.contains("through the proxy http://127.0.0.1:3128 (from HTTPS_PROXY)"),
+            "{m}"
+        );
+        let m = unreachable_message(
+            &e,
+            "connection refused",
+            false,
+            env(&[("https_proxy", "http://p:8080")]),
+        );
+        assert!(m.contains("http://p:8080"), "{m}");
+        // NO_PROXY covers the host: no proxy.
+        let m = unreachable_message(
+            &e,
+            "connection refused",
+            false,
+            env(&[
+                ("HTTPS_PROXY", "http://p:1"),
+                ("NO_PROXY", "localhost,.crowdsec.net"),
+            ]),
+        );
+        assert!(
+            !m.contains("proxy") && m.contains("outbound TCP to api.crowdsec.net:443"),
+            "{m}"
+        );
+        // HTTP_PROXY is not used for https.
+        assert!(proxy_for(
+            "https://api.crowdsec.net/",
+            env(&[("HTTP_PROXY", "http://p:1")])
+        )
+        .is_none());
+        assert!(proxy_for("http://127.0.0.1:9/", env(&[("HTTP_PROXY", "http://p:1")])).is_some());
+        // DNS, timeout, refused.
+        let m = unreachable_message(
+            &e,
+            "failed to lookup address information: Name or service not known",
+            false,
+            &none,
+        );
+        assert!(
+            m.contains("does not resolve") && m.contains("resolv.conf"),
+            "{m}"
+        );
+        let m = unreachable_message(&e, "no answer within 10s", true, &none);
+        assert!(m.contains("drops packets"), "{m}");
+        let m = unreachable_message(&e, "connection refused", false, &none);
+        assert!(
+            m.contains("outbound TCP to api.crowdsec.net:443 must be open"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -560,3 +560,49 @@ async fn a_missing_cscli_or_missing_credentials_are_named() {
     assert!(capi.seen().is_empty(), "{:?}", capi.seen());
     app.stop().await;
 }
+
+/// Troubleshooting rows of the heartbeat, on loopback only: a name that does not resolve
+/// (`nonexistent.invalid`) and a listener that never answers (a timeout) are each named
+/// with their fix (a closed port, "connection refused", is in
+/// forced_heartbeat_reports_success_and_failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_names_dns_failures_and_timeouts_with_their_fix() {
+    let (capi, engine, _dir, app, admin) = scene(Mode::Ok).await;
+    let point_at = |url: &str| {
+        std::fs::write(
+            &engine.credentials,
+            format!(
+                "url: {url}\nlogin: {}\npassword: {}\n",
+                capi.login, capi.password
+            ),
+        )
+        .unwrap();
+    };
+    point_at("http://nonexistent.invalid:8080/");
+    let (_, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(hb["ok"], false, "{hb}");
+    let err = hb["error"].as_str().unwrap();
+    assert!(
+        err.contains("the name nonexistent.invalid does not resolve")
+            && err.contains("resolv.conf"),
+        "{err}"
+    );
+
+    // Accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    point_at(&format!("http://{}/", silent.local_addr().unwrap()));
+    let (_, hb) = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.post_empty("/console/heartbeat"),
+    )
+    .await
+    .expect("the heartbeat gives up by itself");
+    assert_eq!(hb["ok"], false, "{hb}");
+    let err = hb["error"].as_str().unwrap();
+    assert!(
+        err.contains("no answer within") && err.contains("drops packets"),
+        "{err}"
+    );
+    drop(silent);
+    app.stop().await;
+}
