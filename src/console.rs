@@ -1534,15 +1534,15 @@ mod tests {
             &e,
             "failed to lookup address information: Name or service not known",
             false,
-            &none,
+            none,
         );
         assert!(
             m.contains("does not resolve") && m.contains("resolv.conf"),
             "{m}"
         );
-        let m = unreachable_message(&e, "no answer within 10s", true, &none);
+        let m = unreachable_message(&e, "no answer within 10s", true, none);
         assert!(m.contains("drops packets"), "{m}");
-        let m = unreachable_message(&e, "connection refused", false, &none);
+        let m = unreachable_message(&e, "connection refused", false, none);
         assert!(
             m.contains("outbound TCP to api.crowdsec.net:443 must be open"),
             "{m}"
