@@ -283,24 +283,17 @@ fn decode_b64(s: &str) -> Vec<u8> {
 /// A function no CrowdSec release knows: an expression that calls it fails to compile.
 const NO_SUCH_FUNCTION: &str = "CerberusNoSuchFunction";
 
-/// `index` with the current content of `kind name` broken so that every engine version
-/// refuses it (its first `filter:` calls [`NO_SUCH_FUNCTION`]), with a matching digest.
+/// `index` with the current content of the parser `name` replaced by one that every engine
+/// version refuses (its `filter:` calls [`NO_SUCH_FUNCTION`]), with a matching digest.
 fn break_item(index: &[u8], kind: &str, name: &str) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(index).unwrap();
     let item = &mut v[kind][name];
-    let body = String::from_utf8(decode_b64(item["content"].as_str().unwrap())).unwrap();
-    let broken: String = body
-        .lines()
-        .map(|l| {
-            if l.starts_with("filter:") {
-                format!("filter: \"{NO_SUCH_FUNCTION}(evt.Line.Raw) == true\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_ne!(broken, body, "{name} has no filter: line to break");
+    assert_eq!(kind, "parsers", "break_item writes a parser");
+    let broken = format!(
+        "onsuccess: next_stage\nname: {name}\ndescription: \"broken on purpose by the tests\"\n\
+         filter: \"{NO_SUCH_FUNCTION}(evt.Line.Raw) == true\"\n\
+         grok:\n  pattern: '%{{IP:remote_addr}}'\n  apply_on: message\n"
+    );
     let version = item["version"].as_str().unwrap().to_string();
     item["content"] = json!(base64_encode(broken.as_bytes()));
     item["versions"][&version]["digest"] = json!(sha256_hex(broken.as_bytes()));
