@@ -14,18 +14,12 @@ use cerberus::config::Config;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use support::admin::{with_admin, AdminClient};
+use support::admin::AdminClient;
 use support::capi::{Capi, Mode, BLOCKLIST, BLOCKLIST_IP, COMMUNITY_IP};
 use support::managed_engine::{bins, bounded, Engine, EngineOptions};
 
 fn config(engine: &Engine) -> Config {
-    let mut c = with_admin(support::config(&engine.data_dir, None, None));
-    c.engine.enabled = true;
-    c.engine.crowdsec_bin = bins().crowdsec.clone();
-    c.engine.cscli_bin = bins().cscli.clone();
-    c.engine.config_file = engine.config.clone();
-    c.capi_url = "http://127.0.0.1:9".into();
-    c
+    support::managed_engine::engine_mode_config(engine)
 }
 
 async fn start(engine: &Engine) -> Running {
@@ -38,6 +32,20 @@ async fn start(engine: &Engine) -> Running {
     })
     .await;
     app
+}
+
+/// An engine whose config names online credentials, written to point at `capi`.
+fn engine_with_credentials(capi: &Capi) -> Engine {
+    let engine = online_engine();
+    write_online_credentials(&engine, capi);
+    engine
+}
+
+fn online_engine() -> Engine {
+    Engine::with(EngineOptions {
+        online_client: true,
+        ..EngineOptions::default()
+    })
 }
 
 fn write_online_credentials(engine: &Engine, capi: &Capi) {
@@ -99,11 +107,7 @@ fn engine_args(status: &Value) -> String {
 async fn the_community_blocklist_reaches_the_hot_path_with_origin_capi() {
     let logs = support::logs();
     let capi = Capi::start(Mode::Ok).await;
-    let engine = Engine::with(EngineOptions {
-        online_client: true,
-        ..EngineOptions::default()
-    });
-    write_online_credentials(&engine, &capi);
+    let engine = engine_with_credentials(&capi);
     bounded(240, async {
         let app = start(&engine).await;
         let admin = AdminClient::new(&app);
@@ -154,11 +158,7 @@ async fn the_community_blocklist_reaches_the_hot_path_with_origin_capi() {
 async fn with_the_central_api_down_the_engine_runs_and_local_bans_work() {
     support::logs();
     let capi = Capi::start(Mode::Down).await;
-    let engine = Engine::with(EngineOptions {
-        online_client: true,
-        ..EngineOptions::default()
-    });
-    write_online_credentials(&engine, &capi);
+    let engine = engine_with_credentials(&capi);
     bounded(240, async {
         let app = start(&engine).await;
         let admin = AdminClient::new(&app);
@@ -243,10 +243,7 @@ async fn without_online_credentials_the_engine_runs_with_no_capi_and_says_why() 
 async fn registration_through_the_admin_api_writes_the_credentials() {
     support::logs();
     let capi = Capi::start(Mode::Ok).await;
-    let engine = Engine::with(EngineOptions {
-        online_client: true,
-        ..EngineOptions::default()
-    });
+    let engine = online_engine();
     let argv_log = engine.root.join("cscli-argv.log");
     let wrapper = engine.script(
         "cscli-capi-register",

@@ -18,6 +18,17 @@ pub struct Bins {
     pub root: PathBuf,
 }
 
+/// A cerberus config in engine mode on `engine` (admin API on a free port, fast sync).
+pub fn engine_mode_config(engine: &Engine) -> cerberus::config::Config {
+    let mut c = super::admin::with_admin(super::config(&engine.data_dir, None, None));
+    c.engine.enabled = true;
+    c.engine.crowdsec_bin = bins().crowdsec.clone();
+    c.engine.cscli_bin = bins().cscli.clone();
+    c.engine.config_file = engine.config.clone();
+    c.capi_url = "http://127.0.0.1:9".into();
+    c
+}
+
 /// Unpacks (1.4.6) or builds (1.7.8) the crowdsec under test once
 /// (scripts/crowdsec-lapi.sh install, which reads `CERBERUS_CROWDSEC_VERSION`).
 pub fn bins() -> &'static Bins {
