@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# A real CrowdSec Local API (LAPI) for tests, from Debian's crowdsec package.
+# A real CrowdSec Local API (LAPI) for tests, at the version that
+# CERBERUS_CROWDSEC_VERSION names: 1.4.6 (the default) is Debian's crowdsec package,
+# any other (1.7.8 is the one tested) is built from the Go module proxy by
+# scripts/crowdsec-build.sh into <repo>/.cache/crowdsec-VERSION.
 #
-# The package is only unpacked (apt-get download + dpkg-deb -x), never installed:
+# Debian's package is only unpacked (apt-get download + dpkg-deb -x), never installed:
 # its post-install script would try to reach the Central API. Each LAPI lives in a
 # directory of its own (config, sqlite database, credentials, log, pid) and listens
 # on 127.0.0.1 only. Run without arguments for the usage.
@@ -9,7 +12,15 @@ set -euo pipefail
 
 SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 REPO_ROOT="$(cd "$(dirname "$SCRIPT")/.." && pwd)"
-CS_HOME="${CERBERUS_CROWDSEC_HOME:-$REPO_ROOT/.cache/crowdsec}"
+CS_VERSION="${CERBERUS_CROWDSEC_VERSION:-1.4.6}"
+CS_VERSION="${CS_VERSION#v}"
+[[ "$CS_VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
+    { echo "crowdsec-lapi: CERBERUS_CROWDSEC_VERSION must be like 1.7.8, not '$CS_VERSION'" >&2 && exit 1; }
+if [[ "$CS_VERSION" == 1.4.6 ]]; then
+    CS_HOME="${CERBERUS_CROWDSEC_HOME:-$REPO_ROOT/.cache/crowdsec}"
+else
+    CS_HOME="$REPO_ROOT/.cache/crowdsec-$CS_VERSION"
+fi
 CS_ROOT="$CS_HOME/root"
 CROWDSEC="$CS_ROOT/usr/bin/crowdsec"
 CSCLI="$CS_ROOT/usr/bin/cscli"
@@ -31,8 +42,10 @@ usage() {
 usage: $(basename "$0") COMMAND [ARGS]
 
   install               unpack Debian's crowdsec package into
-                        \${CERBERUS_CROWDSEC_HOME:-<repo>/.cache/crowdsec}; prints the
-                        binaries' paths
+                        \${CERBERUS_CROWDSEC_HOME:-<repo>/.cache/crowdsec} (or, for
+                        another CERBERUS_CROWDSEC_VERSION, build it into
+                        <repo>/.cache/crowdsec-VERSION); prints the binaries' paths and
+                        CROWDSEC_VERSION
   start DIR [--owner-pid PID]
                         start a LAPI whose config, database and credentials live in DIR
                         (created on the first start; later starts reuse port, database
@@ -45,7 +58,7 @@ usage: $(basename "$0") COMMAND [ARGS]
   env DIR               print DIR/env
 
 DIR/env holds KEY=VALUE lines: LAPI_URL, LAPI_PORT, LAPI_BOUNCER_KEY, LAPI_MACHINE_ID,
-LAPI_MACHINE_PASSWORD, LAPI_PID, LAPI_CONFIG, LAPI_LOG, CSCLI.
+LAPI_MACHINE_PASSWORD, LAPI_PID, LAPI_CONFIG, LAPI_LOG, CSCLI, CROWDSEC_VERSION.
 EOF
 }
 
@@ -124,6 +137,15 @@ check_runtime() {
 }
 
 cmd_install() {
+    if [[ "$CS_VERSION" != 1.4.6 ]]; then
+        bash "$(dirname "$SCRIPT")/crowdsec-build.sh" "$CS_VERSION" "$CS_HOME" ||
+            die "could not build crowdsec $CS_VERSION"
+        check_runtime
+        echo "CROWDSEC=$CROWDSEC"
+        echo "CSCLI=$CSCLI"
+        echo "CROWDSEC_VERSION=$CS_VERSION"
+        return 0
+    fi
     mkdir -p "$CS_HOME"
     # Several test processes may install at the same time.
     exec 9>"$CS_HOME/.lock"
@@ -149,6 +171,7 @@ cmd_install() {
     flock -u 9
     echo "CROWDSEC=$CROWDSEC"
     echo "CSCLI=$CSCLI"
+    echo "CROWDSEC_VERSION=$CS_VERSION"
 }
 
 # Absolute path of a LAPI directory (created when missing).
@@ -197,7 +220,13 @@ pick_port() {
 }
 
 write_config() {
-    local dir=$1 port=$2
+    local dir=$1 port=$2 prom_enabled=false prom_port=6060
+    # From 1.6 on, `cscli metrics show bouncers` (which shows the usage metrics that
+    # bouncers push) refuses to run unless prometheus is on: give it a port of its own.
+    if [[ "$CS_VERSION" != 1.4.6 ]]; then
+        prom_enabled=true
+        prom_port=$(pick_port)
+    fi
     mkdir -p "$dir/config/notifications" "$dir/config/acquis.d" "$dir/data" "$dir/hub"
     echo '{}' >"$dir/hub/.index.json"
     cp "$PKG_ETC/profiles.yaml" "$dir/profiles.yaml"
@@ -250,10 +279,10 @@ api:
       - 127.0.0.1
       - ::1
 prometheus:
-  enabled: false
+  enabled: $prom_enabled
   level: full
   listen_addr: 127.0.0.1
-  listen_port: 6060
+  listen_port: $prom_port
 EOF
     echo "$port" >"$dir/port"
 }
@@ -369,6 +398,7 @@ write_env() {
         echo "LAPI_CONFIG=$dir/config.yaml"
         echo "LAPI_LOG=$dir/crowdsec.log"
         echo "CSCLI=$CSCLI"
+        echo "CROWDSEC_VERSION=$CS_VERSION"
     } >"$dir/env.tmp"
     mv "$dir/env.tmp" "$dir/env"
 }

@@ -6,7 +6,8 @@
 # LAPI-backed tests (scripts/crowdsec-lapi.sh), then runs, stopping at the first
 # failure:
 #   cargo fmt --check, cargo clippy -D warnings   (skipped with --quick)
-#   cargo test --workspace
+#   cargo test --workspace                         (CrowdSec 1.4.6, Debian's)
+#   the CrowdSec-backed tests again on CrowdSec 1.7.8 (built from the Go module proxy)
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
 set -euo pipefail
 
@@ -20,6 +21,13 @@ APT_NEEDS=(curl:curl python3:python3 openssl:openssl caddy:caddy wrk:wrk)
 
 CS_HOME="${CERBERUS_CROWDSEC_HOME:-$REPO_ROOT/.cache/crowdsec}"
 CS_BIN="$CS_HOME/root/usr/bin/crowdsec"
+# Today's CrowdSec, built by scripts/crowdsec-build.sh; the tests below run on it too.
+CS_MODERN=1.7.8
+CS_MODERN_BIN="$REPO_ROOT/.cache/crowdsec-$CS_MODERN/root/usr/bin/crowdsec"
+# The test binaries that run a real CrowdSec (LAPI, agent, cscli): run once per version.
+CROWDSEC_TESTS=(admin_lapi cli cli_admin console engine_capi engine_e2e engine_hub engine_mode
+    engine_supervisor lapi_harness lapi_sync lapi_watcher module_caddy_e2e serve_caddy_e2e
+    usage_metrics)
 
 QUICK=false
 
@@ -79,7 +87,7 @@ stop_leftover_lapis() {
     for p in /proc/[0-9]*; do
         argv0=""
         IFS= read -r -d '' argv0 <"$p/cmdline" 2>/dev/null || true
-        [[ "$argv0" == "$CS_BIN" ]] && pids+=("${p#/proc/}")
+        [[ "$argv0" == "$CS_BIN" || "$argv0" == "$CS_MODERN_BIN" ]] && pids+=("${p#/proc/}")
     done
     ((${#pids[@]})) || return 0
     say "test.sh: stopping ${#pids[@]} leftover crowdsec process(es): ${pids[*]}" >&2
@@ -199,6 +207,12 @@ crowdsec_install() {
     bash scripts/crowdsec-lapi.sh install
 }
 
+# Builds CrowdSec 1.7.8 from the Go module proxy (minutes the first time, then cached).
+crowdsec_modern_install() {
+    CERBERUS_CROWDSEC_VERSION=$CS_MODERN bash scripts/crowdsec-lapi.sh install &&
+        "${CS_MODERN_BIN%/crowdsec}/cscli" version 2>&1 | grep -q "v$CS_MODERN"
+}
+
 # Adds up the "test result:" lines of cargo test.
 count_cargo_tests() {
     local line n
@@ -212,6 +226,18 @@ count_cargo_tests() {
 cargo_test() {
     local log="$LOG_DIR/cargo-test.log" rc=0
     cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || rc=$?
+    count_cargo_tests "$log"
+    return "$rc"
+}
+
+# The CrowdSec-backed test binaries again, against CrowdSec 1.7.8.
+cargo_test_modern() {
+    local log="$LOG_DIR/cargo-test-$CS_MODERN.log" rc=0 t args=()
+    for t in "${CROWDSEC_TESTS[@]}"; do
+        args+=(--test "$t")
+    done
+    CERBERUS_CROWDSEC_VERSION=$CS_MODERN cargo test --no-fail-fast "${args[@]}" 2>&1 |
+        tee "$log" || rc=$?
     count_cargo_tests "$log"
     return "$rc"
 }
@@ -254,6 +280,7 @@ go_test() {
 step "system packages" system_packages
 step "toolchains" toolchains
 step "crowdsec (LAPI for tests)" crowdsec_install
+step "crowdsec $CS_MODERN (built from the Go module proxy)" crowdsec_modern_install
 if $QUICK; then
     skip "cargo fmt" "--quick"
     skip "cargo clippy" "--quick"
@@ -262,6 +289,7 @@ else
     step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 fi
 step "cargo test" cargo_test
+step "cargo test, CrowdSec-backed tests on crowdsec $CS_MODERN" cargo_test_modern
 if [[ -f caddy-module/go.mod ]]; then
     step "gofmt" go_fmt
     step "go vet" go_vet

@@ -27,6 +27,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+/// The config as `cerberus run` and `cerberus check` read it: the config file's own
+/// checks plus those of the parts that own the files it names (the managed engine's).
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, Vec<crate::config::Problem>> {
+    Config::load_checked(path, &[crate::engine::config::check])
+}
+
 /// A started cerberus: its shared parts and its background tasks.
 pub struct Running {
     pub config: Arc<Config>,

@@ -387,6 +387,31 @@ pub fn switch(t: &Target, on: bool) -> ExitCode {
     }
 }
 
+/// `cerberus capi-register`: registers the managed engine with the central API.
+pub fn capi_register(t: &Target, as_json: bool) -> ExitCode {
+    match call(t, "capi-register", "POST", "/capi/register", None) {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else {
+                let capi = &v["capi"];
+                match capi["enabled"].as_bool() {
+                    Some(true) => println!(
+                        "registered with the central API (credentials in {}); the engine runs with the community blocklist",
+                        capi["credentials_path"].as_str().unwrap_or("?")
+                    ),
+                    _ => println!(
+                        "registered, but the community blocklist is still off: {}",
+                        capi["reason"].as_str().unwrap_or("see cerberus status")
+                    ),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 /// One line of `diagnose`.
 fn check(name: &str, status: &str, detail: impl Into<String>, fix: Option<&str>) -> Value {
     let mut c = json!({"name": name, "status": status, "detail": detail.into()});

@@ -96,6 +96,13 @@ const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest non-zero `usage_metrics_interval` (LAPI aggregates windows of minutes).
 const MIN_USAGE_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A check of the config by the part that owns what a key names (the engine's binaries
+/// and config file, say): it sees the config as read and names what is wrong.
+pub type Check = fn(&Config) -> Vec<Problem>;
+
+/// The hub index cerberus installs presets from unless `engine.hub_url` says otherwise.
+pub const DEFAULT_HUB_URL: &str = "https://cdn-hub.crowdsec.net/crowdsecurity/master/.index.json";
+
 /// One thing wrong with a config, tied to its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -150,7 +157,7 @@ impl fmt::Display for Listen {
     }
 }
 
-/// The managed CrowdSec engine (section `engine:`), run by [`crate::engine::supervisor`].
+/// The managed CrowdSec engine (section `engine:`); the engine part checks its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
     /// Run `crowdsec` (agent and LAPI) and pull from its LAPI. Default false.
@@ -175,7 +182,7 @@ impl Default for EngineConfig {
             cscli_bin: "/usr/bin/cscli".into(),
             config_file: "/etc/crowdsec/config.yaml".into(),
             stop_grace: Duration::from_secs(10),
-            hub_url: crate::engine::hub::DEFAULT_HUB_URL.into(),
+            hub_url: DEFAULT_HUB_URL.into(),
         }
     }
 }
@@ -346,16 +353,33 @@ impl Config {
         }
     }
 
-    /// Loads from an optional file plus the process environment.
+    /// Loads from an optional file plus the process environment. Only this file's own
+    /// checks run: [`crate::app::load_config`] adds those of the parts that own other
+    /// files (the managed engine's binaries and config).
     pub fn load(path: Option<&Path>) -> Result<Config, Vec<Problem>> {
+        Config::load_checked(path, &[])
+    }
+
+    /// [`Config::load`], then `checks` on the config as read (even when it has problems
+    /// of its own, so that one run names them all).
+    pub fn load_checked(path: Option<&Path>, checks: &[Check]) -> Result<Config, Vec<Problem>> {
         let env: Vec<(String, String)> = std::env::vars().collect();
-        Config::load_with_env(path, &env)
+        Config::load_with_env_checked(path, &env, checks)
     }
 
     /// Loads from an optional file plus the given `CERBERUS_*` variables (tests pass their own).
     pub fn load_with_env(
         path: Option<&Path>,
         env: &[(String, String)],
+    ) -> Result<Config, Vec<Problem>> {
+        Config::load_with_env_checked(path, env, &[])
+    }
+
+    /// [`Config::load_with_env`] plus `checks`, as in [`Config::load_checked`].
+    pub fn load_with_env_checked(
+        path: Option<&Path>,
+        env: &[(String, String)],
+        checks: &[Check],
     ) -> Result<Config, Vec<Problem>> {
         let mut map = match path {
             None => Mapping::new(),
@@ -391,7 +415,7 @@ impl Config {
             };
             map.insert(Value::String(key.into()), v);
         }
-        Reader::new(map).finish()
+        Reader::new(map).finish(checks)
     }
 }
 
@@ -581,7 +605,7 @@ impl Reader {
         }
     }
 
-    fn finish(mut self) -> Result<Config, Vec<Problem>> {
+    fn finish(mut self, checks: &[Check]) -> Result<Config, Vec<Problem>> {
         let mut unknown: Vec<String> = Vec::new();
         for k in self.map.keys() {
             match k.as_str() {
@@ -879,6 +903,9 @@ impl Reader {
         }
         self.check_dirs(&c);
         c.secret_files = std::mem::take(&mut self.secret_files);
+        for check in checks {
+            self.problems.extend(check(&c));
+        }
         if self.problems.is_empty() {
             Ok(c)
         } else {
@@ -888,7 +915,6 @@ impl Reader {
 
     /// The `engine` section; with the engine on, its binaries and config must be usable.
     fn engine(&mut self, c: &mut Config) {
-        use crate::engine::supervisor::{read_engine_config, resolve_binary};
         if let Some(v) = self.boolean("engine.enabled") {
             c.engine.enabled = v;
         }
@@ -920,20 +946,6 @@ impl Reader {
         }
         if !c.engine.enabled {
             return;
-        }
-        for (key, path) in [
-            ("engine.crowdsec_bin", &c.engine.crowdsec_bin),
-            ("engine.cscli_bin", &c.engine.cscli_bin),
-        ] {
-            if let Err(e) = resolve_binary(path) {
-                self.problem(key, format!("{}: {e}", path.display()));
-            }
-        }
-        if let Err(e) = read_engine_config(&c.engine.config_file) {
-            self.problem(
-                "engine.config_file",
-                format!("{}: {e}", c.engine.config_file.display()),
-            );
         }
         if c.api_url.is_some() {
             self.problem(
@@ -1074,7 +1086,7 @@ mod tests {
     use super::*;
 
     fn load(yaml: &str) -> Result<Config, Vec<Problem>> {
-        Reader::new(parse_yaml(yaml).unwrap()).finish()
+        Reader::new(parse_yaml(yaml).unwrap()).finish(&[])
     }
 
     #[test]
@@ -1416,30 +1428,12 @@ mod tests {
                 .message
                 .clone()
         };
-        assert!(find("engine.crowdsec_bin").contains("/nonexistent/crowdsec: no such file"));
-        assert!(find("engine.cscli_bin").contains("/nonexistent/cscli"));
-        assert!(find("engine.config_file").contains("/nonexistent/config.yaml: cannot read it"));
+        // The binaries and the engine config are the engine's to check
+        // (crate::engine::config::check); this file's reading leaves them alone.
+        assert!(problems.iter().all(|p| p.key != "engine.crowdsec_bin"));
         assert!(find("engine.stop_grace").contains("forever"));
         assert!(find("engine.enable").contains("did you mean engine.enabled?"));
         assert!(find("api_url").contains("engine.enabled is true"));
-
-        let dir = tempfile::tempdir().unwrap();
-        let (crowdsec, cscli, config) = engine_files(dir.path());
-        std::fs::write(&config, "api:\n  server:\n    listen_uri: nowhere\n").unwrap();
-        let problems = load(&format!(
-            "engine:\n  enabled: true\n  crowdsec_bin: {}\n  cscli_bin: {}\n  config_file: {}\n",
-            crowdsec.display(),
-            cscli.display(),
-            config.display()
-        ))
-        .unwrap_err();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].key, "engine.config_file");
-        assert!(
-            problems[0].message.contains("listen_uri"),
-            "{}",
-            problems[0]
-        );
 
         let problems = load("engine: yes\n").unwrap_err();
         assert_eq!(problems[0].key, "engine");

@@ -10,7 +10,16 @@
 //! warns and exits 0); any other answer or a network error makes it exit 1 with a
 //! `level=fatal msg="Could not enroll instance: ..."` line. cscli runs with `--debug`,
 //! whose lines give the HTTP status of the login (`auth-jwt : http N`) and of the enroll
-//! call (`Response: HTTP/1.1 N ...`); [`classify`] turns all that into a [`Failure`]
+//! call (`Response: HTTP/1.1 N ...`). CrowdSec 1.5 and later (checked with 1.7.8:
+//! `cmd/crowdsec-cli/cliconsole/console.go`, `enroll`) speak `v3` instead of `v2` to the
+//! central API, send `{"attachment_key","name","tags","autoenroll"}` (`overwrite` only
+//! when true: `pkg/apiclient/auth_service.go`, `EnrollWatcher`), write `level=debug`
+//! lines without a time, and end a failure with `Error: cscli console enroll: ...` on
+//! stderr (`cmd/crowdsec-cli/main.go`, `fatal`) instead of a fatal log line; their API
+//! client retries a refused connection or a 5xx with a 20-second backoff
+//! (`pkg/apiclient/auth_retry.go`), which cerberus turns off
+//! (`CROWDSEC_FEATURE_DISABLE_HTTP_RETRY_BACKOFF=true`) since it retries itself.
+//! [`classify`] turns all that into a [`Failure`]
 //! with a message that says what to do. Only transient failures (central API
 //! unreachable, 5xx) are retried: [`ATTEMPTS`] attempts with a doubling backoff.
 //!
@@ -25,8 +34,9 @@
 //! The heartbeat checks the engine's standing with the central API the way the engine's
 //! API client does: log in with the online credentials (`POST {url}v2/watchers/login`,
 //! with the scenarios installed in the engine's config dir) and call
-//! `GET {url}v2/heartbeat` with the token (`apiclient.HeartBeat.Ping` under the `v2`
-//! prefix that the engine uses for the central API). The poller does it at start and
+//! `GET {url}v2/heartbeat` with the token (`apiclient.HeartBeat.Ping` under the
+//! prefix that the engine uses for the central API: `v2` up to 1.4, `v3` from 1.5 on,
+//! `pkg/apiserver/apic.go` of 1.7.8; read once from `cscli version`). The poller does it at start and
 //! then every `heartbeat_interval`.
 
 use crate::config::Config;
@@ -251,6 +261,8 @@ pub struct Console {
     http: reqwest::Client,
     saved: Mutex<Saved>,
     busy: AtomicBool,
+    /// `v2` or `v3`: what the engine speaks to the central API (from `cscli version`).
+    api_version: tokio::sync::OnceCell<&'static str>,
 }
 
 fn now_rfc3339() -> String {
@@ -309,6 +321,7 @@ impl Console {
             http,
             saved: Mutex::new(saved),
             busy: AtomicBool::new(false),
+            api_version: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -530,6 +543,9 @@ impl Console {
             cmd.arg("--overwrite");
         }
         cmd.arg("--").arg(&req.key);
+        // cscli 1.5+ would retry a refused connection or a 5xx for minutes (backoff from
+        // 20s, pkg/apiclient/auth_retry.go); cerberus retries itself. 1.4 ignores it.
+        cmd.env("CROWDSEC_FEATURE_DISABLE_HTTP_RETRY_BACKOFF", "true");
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -588,22 +604,47 @@ impl Console {
         hb
     }
 
+    /// `v2` (CrowdSec 1.4) or `v3` (1.5 and later, and when `cscli version` says nothing
+    /// usable): the central API version the engine speaks, read once.
+    async fn api_version(&self) -> &'static str {
+        self.api_version
+            .get_or_init(|| async {
+                let out = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio::process::Command::new(&self.settings.cscli_bin)
+                        .arg("version")
+                        .stdin(std::process::Stdio::null())
+                        .kill_on_drop(true)
+                        .output(),
+                )
+                .await;
+                let text = match out {
+                    Ok(Ok(o)) => format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    _ => String::new(),
+                };
+                capi_version_of(&text)
+            })
+            .await
+    }
+
     async fn try_heartbeat(&self) -> Result<(), String> {
         let engine = read_engine(&self.settings.engine_config)?;
+        let v = self.api_version().await;
         let unreachable = |e: reqwest::Error| {
             let why = if e.is_timeout() {
                 format!("no answer within {}s", HTTP_TIMEOUT.as_secs())
             } else {
                 crate::lapi::root_cause(&e)
             };
-            format!(
-                "the central API at {} is unreachable ({why}); outbound TCP to {} must be open",
-                engine.url, engine.hostport
-            )
+            unreachable_message(&engine, &why, e.is_timeout(), |k| std::env::var(k).ok())
         };
         let login = self
             .http
-            .post(format!("{}v2/watchers/login", engine.url))
+            .post(format!("{}{v}/watchers/login", engine.url))
             .json(&json!({
                 "machine_id": engine.login,
                 "password": engine.password,
@@ -634,7 +675,7 @@ impl Console {
             .ok_or_else(|| "the central API's login answer has no token".to_string())?;
         let resp = self
             .http
-            .get(format!("{}v2/heartbeat", engine.url))
+            .get(format!("{}{v}/heartbeat", engine.url))
             .bearer_auth(token)
             .send()
             .await
@@ -645,7 +686,7 @@ impl Console {
         }
         let body = resp.text().await.unwrap_or_default();
         Err(format!(
-            "GET {}v2/heartbeat answered HTTP {status}: {}",
+            "GET {}{v}/heartbeat answered HTTP {status}: {}",
             engine.url,
             api_message(&body)
         ))
@@ -861,6 +902,102 @@ fn installed_scenarios(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The proxy that a request to `url` goes through, from `HTTPS_PROXY`/`HTTP_PROXY` (or
+/// their lower-case forms) unless `NO_PROXY` names its host, as reqwest picks it:
+/// `(variable, proxy)`.
+fn proxy_for(url: &str, env: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    let https = url.starts_with("https://");
+    let host = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(url)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let get = |k: &str| {
+        env(k)
+            .or_else(|| env(&k.to_ascii_lowercase()))
+            .filter(|v| !v.trim().is_empty())
+    };
+    if let Some(no) = get("NO_PROXY") {
+        let hit = no.split(',').map(str::trim).any(|n| {
+            n == "*" || {
+                let n = n.trim_start_matches('.');
+                !n.is_empty() && (host == n || host.ends_with(&format!(".{n}")))
+            }
+        });
+        if hit {
+            return None;
+        }
+    }
+    let var = if https { "HTTPS_PROXY" } else { "HTTP_PROXY" };
+    get(var)
+        .map(|p| (var.to_string(), p))
+        .or_else(|| get("ALL_PROXY").map(|p| ("ALL_PROXY".to_string(), p)))
+}
+
+/// Why the central API could not be reached, named with its fix: through a proxy (the
+/// proxy is what failed), connection refused, a timeout, or a name that does not resolve.
+fn unreachable_message(
+    engine: &Engine,
+    why: &str,
+    timed_out: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> String {
+    let url = &engine.url;
+    if let Some((var, proxy)) = proxy_for(url, env) {
+        return format!(
+            "the central API at {url} is unreachable through the proxy {proxy} (from {var}): {why}; \
+             check that the proxy runs and lets CONNECT to {} through, or add the host to NO_PROXY",
+            engine.hostport
+        );
+    }
+    let lower = why.to_ascii_lowercase();
+    let host = engine
+        .hostport
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(&engine.hostport);
+    let fix = if lower.contains("dns")
+        || lower.contains("lookup")
+        || lower.contains("name or service not known")
+        || lower.contains("no such host")
+        || lower.contains("name resolution")
+    {
+        format!(
+            "the name {host} does not resolve: check the DNS resolver (/etc/resolv.conf) and the url in {}",
+            engine.credentials_path.display()
+        )
+    } else if timed_out {
+        format!(
+            "outbound TCP to {} must be open (a firewall that drops packets looks like this)",
+            engine.hostport
+        )
+    } else {
+        format!("outbound TCP to {} must be open", engine.hostport)
+    };
+    format!("the central API at {url} is unreachable ({why}); {fix}")
+}
+
+/// The central API version of a cscli whose `cscli version` printed `text`
+/// (`version: v1.4.6-debian...`): `v2` before 1.5, else `v3`.
+fn capi_version_of(text: &str) -> &'static str {
+    let minor = text.lines().find_map(|l| {
+        // 1.4.6 puts a date first: `2026/12/01 21:30:08 version: v1.4.6-6~deb12u1+b1-debian`.
+        let at = l.find("version: v1.")? + "version: v1.".len();
+        let v = &l[at..];
+        v.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    match minor {
+        Some(m) if m < 5 => "v2",
+        _ => "v3",
+    }
+}
+
 /// The `message` of a central API error body, else the start of the body.
 fn api_message(body: &str) -> String {
     let msg = serde_json::from_str::<Value>(body)
@@ -930,7 +1067,7 @@ fn logrus_line(line: &str) -> Option<(&str, String)> {
 /// What cscli's output says.
 #[derive(Debug, Default)]
 struct Reading {
-    /// HTTP status of `POST v2/watchers/login`.
+    /// HTTP status of `POST v2/watchers/login` (`v3` from 1.5 on).
     login_status: Option<u16>,
     /// HTTP status of `POST v2/watchers/enroll`.
     enroll_status: Option<u16>,
@@ -939,8 +1076,36 @@ struct Reading {
 }
 
 fn read_output(output: &str) -> Reading {
+    let mut r = read_lines(output);
+    // cscli 1.5+ gives up on a 429/5xx of its retrying transport without a status line:
+    // `could not get jwt token: retryable status: 500` (pkg/apiclient/auth_retry.go).
+    if let Some(fatal) = &r.fatal {
+        if let Some(i) = fatal.find("retryable status: ") {
+            let code = fatal[i + "retryable status: ".len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|c| c.parse().ok());
+            if fatal[..i].contains("could not get jwt token") {
+                r.login_status = r.login_status.or(code);
+            } else {
+                r.enroll_status = r.enroll_status.or(code);
+            }
+        }
+    }
+    r
+}
+
+fn read_lines(output: &str) -> Reading {
     let mut r = Reading::default();
     for line in output.lines() {
+        // cscli 1.5+: `Error: cscli console enroll: could not enroll instance: ...`.
+        if let Some(rest) = line.trim().strip_prefix("Error: ") {
+            if r.fatal.is_none() {
+                let rest = rest.strip_prefix("cscli console enroll: ").unwrap_or(rest);
+                r.fatal = Some(rest.to_string());
+            }
+            continue;
+        }
         let Some((level, msg)) = logrus_line(line) else {
             continue;
         };
@@ -954,6 +1119,7 @@ fn read_output(output: &str) -> Reading {
         if level == "fatal" && r.fatal.is_none() {
             r.fatal = Some(msg.clone());
         }
+
         // cscli's own warning; the debug dump of the answer body does not count.
         if level.starts_with("warn") && msg.to_ascii_lowercase().contains("already enrolled") {
             r.already = true;
@@ -1271,6 +1437,127 @@ mod tests {
         assert_eq!(f.kind, FailureKind::Unreachable);
         assert!(f.message.contains("api.crowdsec.net:443"), "{}", f.message);
         assert!(f.message.contains("connection refused"), "{}", f.message);
+    }
+
+    /// What cscli 1.7.8 printed here against a closed port (its `Error:` line ends a run).
+    #[test]
+    fn cscli_1_7_8_errors_are_read() {
+        let out = "level=debug msg=\"[URL] POST http://127.0.0.1:9/v3/watchers/enroll\"\n\
+                   level=debug msg=\"auth-jwt(auth): POST http://127.0.0.1:9/v3/watchers/login\"\n\
+                   Error: cscli console enroll: could not enroll instance: Post \"http://127.0.0.1:9/v3/watchers/enroll\": could not get jwt token: Post \"http://127.0.0.1:9/v3/watchers/login\": retryable error: dial tcp 127.0.0.1:9: connect: connection refused\n";
+        let f = classify(&exited(false, out), &engine(), "KEY12345").unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unreachable);
+        assert!(f.message.contains("connection refused"), "{}", f.message);
+
+        // An error cerberus does not know is passed on in cscli's words.
+        let out = "Error: cscli console enroll: something new went wrong\n";
+        let f = classify(&exited(false, out), &engine(), "KEY12345").unwrap_err();
+        assert_eq!(f.kind, FailureKind::Other);
+        assert_eq!(
+            f.message,
+            "cscli console enroll failed: something new went wrong"
+        );
+
+        // Accepted by the central API, then the console options could not be written.
+        let out = "level=debug msg=\"Response: HTTP/1.1 202 Accepted\"\n\
+                   Error: cscli console enroll: failed writing console config: while dumping console config to /etc/crowdsec/console.yaml: open /etc/crowdsec/console.yaml: no such file or directory\n";
+        let note = classify(&exited(false, out), &engine(), "KEY12345").unwrap();
+        assert!(note.unwrap().contains("console_path"));
+
+        let out = "level=debug msg=\"auth-jwt : http 403\"\n\
+                   Error: cscli console enroll: could not enroll instance: API error: forbidden\n";
+        let f = classify(&exited(false, out), &engine(), "KEY12345").unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unauthorized);
+    }
+
+    #[test]
+    fn cscli_1_7_8_gives_up_on_a_5xx_login() {
+        let out = "Error: cscli console enroll: could not enroll instance: Post \"http://h/v3/watchers/enroll\": performing jwt auth: could not get jwt token: retryable status: 500\n";
+        let f = classify(&exited(false, out), &engine(), "KEY12345").unwrap_err();
+        assert_eq!(f.kind, FailureKind::ServerError);
+        assert!(f.message.contains("HTTP 500"), "{}", f.message);
+    }
+
+    #[test]
+    fn troubleshooting_rows_name_their_fix() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let e = engine();
+        let none = env(&[]);
+        // A dead proxy: the proxy is named, not api.crowdsec.net:443.
+        let m = unreachable_message(
+            &e,
+            "connection refused",
+            false,
+            env(&[("HTTPS_PROXY", "http://127.0.0.1:3128")]),
+        );
+        assert!(
+            m.contains("through the proxy http://127.0.0.1:3128 (from HTTPS_PROXY)"),
+            "{m}"
+        );
+        let m = unreachable_message(
+            &e,
+            "connection refused",
+            false,
+            env(&[("https_proxy", "http://p:8080")]),
+        );
+        assert!(m.contains("http://p:8080"), "{m}");
+        // NO_PROXY covers the host: no proxy.
+        let m = unreachable_message(
+            &e,
+            "connection refused",
+            false,
+            env(&[
+                ("HTTPS_PROXY", "http://p:1"),
+                ("NO_PROXY", "localhost,.crowdsec.net"),
+            ]),
+        );
+        assert!(
+            !m.contains("proxy") && m.contains("outbound TCP to api.crowdsec.net:443"),
+            "{m}"
+        );
+        // HTTP_PROXY is not used for https.
+        assert!(proxy_for(
+            "https://api.crowdsec.net/",
+            env(&[("HTTP_PROXY", "http://p:1")])
+        )
+        .is_none());
+        assert!(proxy_for("http://127.0.0.1:9/", env(&[("HTTP_PROXY", "http://p:1")])).is_some());
+        // DNS, timeout, refused.
+        let m = unreachable_message(
+            &e,
+            "failed to lookup address information: Name or service not known",
+            false,
+            none,
+        );
+        assert!(
+            m.contains("does not resolve") && m.contains("resolv.conf"),
+            "{m}"
+        );
+        let m = unreachable_message(&e, "no answer within 10s", true, none);
+        assert!(m.contains("drops packets"), "{m}");
+        let m = unreachable_message(&e, "connection refused", false, none);
+        assert!(
+            m.contains("outbound TCP to api.crowdsec.net:443 must be open"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn central_api_version_follows_cscli() {
+        assert_eq!(
+            capi_version_of("2026/12/01 21:30:08 version: v1.4.6-6~deb12u1+b1-debian\n2026/12/01 21:30:08 Codename: alphaga\n"),
+            "v2"
+        );
+        assert_eq!(capi_version_of("version: v1.7.8\nCodename: \n"), "v3");
+        assert_eq!(capi_version_of("version: v1.10.0\n"), "v3");
+        assert_eq!(capi_version_of(""), "v3");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
-//! - [`engine`]: the managed CrowdSec engine: its process (run, watch, restart, stop) and
-//!   hub presets (browse, install, remove).
+//! - [`engine`]: the managed CrowdSec engine: its config file, its process (run, watch,
+//!   restart, stop; credentials) and hub presets (browse, install, remove). It reads
+//!   [`config`]; [`config`] imports nothing from it ([`app::load_config`] adds its checks).
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
 //!   heartbeat poller.
 //! - [`app`]: wires the parts together under one shutdown signal.

@@ -79,6 +79,11 @@ enum Command {
     Enable,
     /// Switch protection off: every request is allowed (persisted).
     Disable,
+    /// Register the managed engine with the central API (community blocklist).
+    CapiRegister {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check everything cerberus depends on; exits non-zero when a check fails.
     Diagnose {
         /// One JSON document instead of text.
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
             Command::Unban { value, json } => cli::unban(t, &value, json),
             Command::Enable => cli::switch(t, true),
             Command::Disable => cli::switch(t, false),
+            Command::CapiRegister { json } => cli::capi_register(t, json),
             Command::Run | Command::Check | Command::Lookup { .. } | Command::Diagnose { .. } => {
                 unreachable!("handled above")
             }
@@ -179,7 +185,7 @@ fn with_admin(
     token: Option<String>,
     f: impl FnOnce(&Config, &cli::Target) -> ExitCode,
 ) -> ExitCode {
-    let mut config = match Config::load(path.as_deref()) {
+    let mut config = match cerberus::app::load_config(path.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("cerberus: the config has {} problem(s):", problems.len());
@@ -211,7 +217,7 @@ fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCod
     };
     let socket = match socket {
         Some(s) => s,
-        None => match Config::load(config.as_deref()) {
+        None => match cerberus::app::load_config(config.as_deref()) {
             Ok(c) => c.socket,
             Err(problems) => {
                 eprintln!(
@@ -253,7 +259,7 @@ fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCod
 fn check(path: Option<PathBuf>) -> ExitCode {
     // Secret files that group or others can open are problems here too (the daemon only
     // logs them).
-    let problems = match Config::load(path.as_deref()) {
+    let problems = match cerberus::app::load_config(path.as_deref()) {
         Ok(c) => {
             let exposed = c.exposed_secret_files();
             if exposed.is_empty() {
@@ -280,7 +286,7 @@ fn check(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {
-    let config = match Config::load(path.as_deref()) {
+    let config = match cerberus::app::load_config(path.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!(

@@ -231,6 +231,12 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         "Hub preset operations by op (refresh, install, remove) and outcome (ok or the error kind).",
     ),
     (
+        ENGINE_CAPI_ENABLED,
+        Kind::Gauge,
+        Unit::Count,
+        "1 while the managed CrowdSec engine runs with its central API (community blocklist on); 0 when it runs with -no-capi.",
+    ),
+    (
         ENGINE_UP,
         Kind::Gauge,
         Unit::Count,
@@ -277,6 +283,8 @@ pub const HUB_OPERATIONS: &str = "cerberus_hub_operations_total";
 
 /// 1 while the managed CrowdSec engine runs and its LAPI answered, else 0.
 pub const ENGINE_UP: &str = "cerberus_engine_up";
+/// 1 while the managed engine runs with its central API (community blocklist), else 0.
+pub const ENGINE_CAPI_ENABLED: &str = "cerberus_engine_capi_enabled";
 /// Restarts of the managed CrowdSec engine after it died.
 pub const ENGINE_RESTARTS: &str = "cerberus_engine_restarts_total";
 
@@ -308,6 +316,7 @@ pub const ALL: &[&str] = &[
     HUB_OPERATIONS,
     ADMIN_AUTH_FAILURES,
     ENGINE_UP,
+    ENGINE_CAPI_ENABLED,
     ENGINE_RESTARTS,
     CONSOLE_ENROLLMENTS,
     CONSOLE_HEARTBEATS,

@@ -1,5 +1,6 @@
-//! CrowdSec console enrollment and heartbeats, end to end: cerberus runs Debian's real
-//! `cscli` 1.4.6 (`console enroll`) against a stand-in of the central API on loopback
+//! CrowdSec console enrollment and heartbeats, end to end: cerberus runs the real
+//! `cscli` of the version under test (`console enroll`; Debian's 1.4.6, or 1.7.8 with
+//! `CERBERUS_CROWDSEC_VERSION=1.7.8`) against a stand-in of the central API on loopback
 //! (tests/support/capi.rs) named in the engine's online credentials. Enrollment
 //! succeeds and survives a restart; an expired key, a refused key, a refused engine
 //! login, an unreachable or failing central API each give their own message (the
@@ -114,30 +115,36 @@ async fn real_cscli_enrolls_and_the_state_survives_a_restart() {
     assert!(body["next"].as_str().unwrap().contains("accept"), "{body}");
 
     // What the real cscli sent: the engine's login, then the enrollment with its token.
-    let logins = capi.seen_at("/v2/watchers/login");
+    let logins = capi.seen_at(&capi.path("watchers/login"));
     assert_eq!(logins.len(), 1, "{logins:?}");
     let login = logins[0].json();
     assert_eq!(login["machine_id"], capi.login.as_str());
     assert_eq!(login["password"], capi.password.as_str());
     assert!(login["scenarios"].is_array(), "{login}");
-    let enrolls = capi.seen_at("/v2/watchers/enroll");
+    let enrolls = capi.seen_at(&capi.path("watchers/enroll"));
     assert_eq!(enrolls.len(), 1);
     let sent = &enrolls[0];
+    let version = support::lapi::version();
     assert!(
         sent.header("user-agent")
             .unwrap_or("")
-            .starts_with("crowdsec/v1.4.6"),
-        "not cscli 1.4.6: {:?}",
+            .starts_with(&format!("crowdsec/v{}", version.as_str())),
+        "not cscli {}: {:?}",
+        version.as_str(),
         sent.header("user-agent")
     );
     assert_eq!(
         sent.header("authorization"),
         Some(format!("Bearer {}", capi.tokens()[0]).as_str())
     );
-    assert_eq!(
-        sent.json(),
+    // 1.7.8 sends `autoenroll` and leaves `overwrite` out when false (enrollRequest in
+    // pkg/apiclient/auth_service.go); 1.4.6 always sends `overwrite`.
+    let want = if version.is_modern() {
+        json!({"attachment_key": key, "name": "web-1", "tags": ["prod", "caddy"], "autoenroll": false})
+    } else {
         json!({"attachment_key": key, "name": "web-1", "tags": ["prod", "caddy"], "overwrite": false})
-    );
+    };
+    assert_eq!(sent.json(), want);
     // cscli went to its end: it wrote the engine's console options.
     let options = std::fs::read_to_string(&engine.console_options).unwrap();
     assert!(
@@ -205,8 +212,18 @@ async fn expired_and_refused_keys_are_named_and_not_retried() {
         msg.contains("refused the enrollment key as invalid") && msg.contains("HTTP 403"),
         "{msg}"
     );
-    // A refusal is final: one call each, no retry.
-    assert_eq!(capi.seen_at("/v2/watchers/enroll").len(), 2);
+    // A refusal is final: cerberus does not retry. cscli 1.7.8 itself sends a 403'd
+    // request twice more after a new login (RetryConfig of NewClient in
+    // pkg/apiclient/client.go: 403, 2 attempts, token invalidated); 1.4.6 does not.
+    let per_run = if support::lapi::version().is_modern() {
+        3
+    } else {
+        1
+    };
+    assert_eq!(
+        capi.seen_at(&capi.path("watchers/enroll")).len(),
+        2 * per_run
+    );
     let lines = engine_lines(&engine);
     assert_eq!(count(&lines, "retrying enrollment"), 0, "{lines:#?}");
     assert_eq!(
@@ -261,7 +278,7 @@ async fn server_errors_are_retried_then_a_later_enrollment_succeeds() {
         "{body}"
     );
     // The login failed each time: three attempts, three logins.
-    assert_eq!(capi.seen_at("/v2/watchers/login").len(), 3);
+    assert_eq!(capi.seen_at(&capi.path("watchers/login")).len(), 3);
     assert_eq!(
         count(&engine_lines(&engine), "retrying enrollment (attempt"),
         2
@@ -301,7 +318,11 @@ async fn already_enrolled_overwrite_and_a_refused_engine_login() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["name"], "renamed");
-    let last = capi.seen_at("/v2/watchers/enroll").pop().unwrap().json();
+    let last = capi
+        .seen_at(&capi.path("watchers/enroll"))
+        .pop()
+        .unwrap()
+        .json();
     assert_eq!(last["overwrite"], true);
 
     capi.set_mode(Mode::Unauthorized).await;
@@ -330,13 +351,17 @@ async fn forced_heartbeat_reports_success_and_failure() {
     assert_eq!(hb["error"], Value::Null);
     assert!(hb["latency_ms"].is_u64());
     humantime::parse_rfc3339(hb["at"].as_str().unwrap()).expect("RFC 3339");
-    let login = capi.seen_at("/v2/watchers/login").pop().unwrap().json();
+    let login = capi
+        .seen_at(&capi.path("watchers/login"))
+        .pop()
+        .unwrap()
+        .json();
     assert_eq!(login["machine_id"], capi.login.as_str());
     assert!(login["scenarios"].is_array());
     let beat = capi
-        .seen_at("/v2/heartbeat")
+        .seen_at(&capi.path("heartbeat"))
         .pop()
-        .expect("GET /v2/heartbeat");
+        .expect("GET /vN/heartbeat");
     assert_eq!(beat.method, "GET");
     assert_eq!(
         beat.header("authorization"),
@@ -405,7 +430,7 @@ async fn the_poller_logs_success_then_failure() {
         count(&engine_lines(&engine), ok) > 0
     })
     .await;
-    assert!(!capi.seen_at("/v2/heartbeat").is_empty());
+    assert!(!capi.seen_at(&capi.path("heartbeat")).is_empty());
     capi.set_mode(Mode::Down).await;
     let failed = format!(
         "[HEARTBEAT_POLLER] heartbeat failed: the central API at {} is unreachable",
@@ -533,5 +558,51 @@ async fn a_missing_cscli_or_missing_credentials_are_named() {
         "{hb}"
     );
     assert!(capi.seen().is_empty(), "{:?}", capi.seen());
+    app.stop().await;
+}
+
+/// Troubleshooting rows of the heartbeat, on loopback only: a name that does not resolve
+/// (`nonexistent.invalid`) and a listener that never answers (a timeout) are each named
+/// with their fix (a closed port, "connection refused", is in
+/// forced_heartbeat_reports_success_and_failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_names_dns_failures_and_timeouts_with_their_fix() {
+    let (capi, engine, _dir, app, admin) = scene(Mode::Ok).await;
+    let point_at = |url: &str| {
+        std::fs::write(
+            &engine.credentials,
+            format!(
+                "url: {url}\nlogin: {}\npassword: {}\n",
+                capi.login, capi.password
+            ),
+        )
+        .unwrap();
+    };
+    point_at("http://nonexistent.invalid:8080/");
+    let (_, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(hb["ok"], false, "{hb}");
+    let err = hb["error"].as_str().unwrap();
+    assert!(
+        err.contains("the name nonexistent.invalid does not resolve")
+            && err.contains("resolv.conf"),
+        "{err}"
+    );
+
+    // Accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    point_at(&format!("http://{}/", silent.local_addr().unwrap()));
+    let (_, hb) = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.post_empty("/console/heartbeat"),
+    )
+    .await
+    .expect("the heartbeat gives up by itself");
+    assert_eq!(hb["ok"], false, "{hb}");
+    let err = hb["error"].as_str().unwrap();
+    assert!(
+        err.contains("no answer within") && err.contains("drops packets"),
+        "{err}"
+    );
+    drop(silent);
     app.stop().await;
 }

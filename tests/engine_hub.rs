@@ -1,5 +1,8 @@
-//! Hub presets against a real CrowdSec 1.4.6 engine config and a loopback hub serving the
-//! real hub indexes of `../shared/crowdsec-hub` (override with `CERBERUS_HUB_FIXTURES`).
+//! Hub presets against a real CrowdSec engine config (the version under test: 1.4.6, or
+//! 1.7.8 with `CERBERUS_CROWDSEC_VERSION=1.7.8`) and a loopback hub serving the real hub
+//! indexes of `../shared/crowdsec-hub` (override with `CERBERUS_HUB_FIXTURES`).
+//! Version-specific: today's index is refused (and rolled back) by 1.4.6 and accepted
+//! by 1.7.8; on 1.7.8 the rollback is shown with an item broken on purpose.
 //! Without them, the same tests run on a small index this file writes (said on stderr).
 //!
 //! Run: `cargo test --test engine_hub`.
@@ -275,6 +278,26 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 fn decode_b64(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// A function no CrowdSec release knows: an expression that calls it fails to compile.
+const NO_SUCH_FUNCTION: &str = "CerberusNoSuchFunction";
+
+/// `index` with the current content of the parser `name` replaced by one that every engine
+/// version refuses (its `filter:` calls [`NO_SUCH_FUNCTION`]), with a matching digest.
+fn break_item(index: &[u8], kind: &str, name: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(index).unwrap();
+    let item = &mut v[kind][name];
+    assert_eq!(kind, "parsers", "break_item writes a parser");
+    let broken = format!(
+        "onsuccess: next_stage\nname: {name}\ndescription: \"broken on purpose by the tests\"\n\
+         filter: \"{NO_SUCH_FUNCTION}(evt.Line.Raw) == true\"\n\
+         grok:\n  pattern: '%{{IP:remote_addr}}'\n  apply_on: message\n"
+    );
+    let version = item["version"].as_str().unwrap().to_string();
+    item["content"] = json!(base64_encode(broken.as_bytes()));
+    item["versions"][&version]["digest"] = json!(sha256_hex(broken.as_bytes()));
+    serde_json::to_vec(&v).unwrap()
 }
 
 /// `index` with `kind name`'s current digest replaced.
@@ -758,7 +781,17 @@ async fn an_update_the_engine_rejects_is_rolled_back_whole() {
     let backups_before = backups(&s.cache);
     let before = tree(&s.engine.root);
 
-    server.serve(fx.new.clone());
+    // 1.4.6 refuses the newer index as it is; 1.7.8 accepts it
+    // (todays_collection_installs_on_1_7_8_and_is_rolled_back_on_1_4_6), so there the
+    // newer index gets an item broken on purpose.
+    let modern = support::lapi::version().is_modern();
+    let (refused, complaint_word) = if modern {
+        let kind = kind_of(&fx.new, fx.rejected);
+        (break_item(&fx.new, &kind, fx.rejected), NO_SUCH_FUNCTION)
+    } else {
+        (fx.new.clone(), fx.complaint_word)
+    };
+    server.serve(refused);
     let err = s
         .hub
         .install(&PresetRequest::new(fx.collection))
@@ -774,14 +807,14 @@ async fn an_update_the_engine_rejects_is_rolled_back_whole() {
     };
     assert_eq!(item.as_deref(), Some(fx.rejected), "{complaint:?}");
     assert!(
-        complaint.iter().any(|c| c.contains(fx.complaint_word)),
+        complaint.iter().any(|c| c.contains(complaint_word)),
         "{complaint:?}"
     );
     assert!(!already_failing);
     assert_eq!(err.status(), 422);
     let msg = err.to_string();
     assert!(
-        msg.contains(fx.rejected) && msg.contains(fx.complaint_word) && msg.contains("rolled back"),
+        msg.contains(fx.rejected) && msg.contains(complaint_word) && msg.contains("rolled back"),
         "{msg}"
     );
     let body = err.body();
@@ -815,6 +848,38 @@ async fn an_update_the_engine_rejects_is_rolled_back_whole() {
         .find(|p| p.name == fx.collection)
         .unwrap();
     assert!(mine.installed, "{mine:?}");
+}
+
+/// Version-specific, both sides: today's index (the newer one) installed over nothing.
+/// CrowdSec 1.7.8 takes today's collection and passes `crowdsec -t`; 1.4.6 refuses it
+/// and the install is rolled back.
+#[tokio::test]
+async fn todays_collection_installs_on_1_7_8_and_is_rolled_back_on_1_4_6() {
+    let fx = fixture();
+    let server = HubServer::start(fx.new.clone()).await;
+    let s = setup(&server.url);
+    let before = tree(&s.engine.root);
+    let result = s.hub.install(&PresetRequest::new(fx.collection)).await;
+    if support::lapi::version().is_modern() {
+        let done =
+            result.unwrap_or_else(|e| panic!("1.7.8 refused today's {}: {e}", fx.collection));
+        assert!(done.backup_dir.is_some(), "{done:?}");
+        let (ok, out) = s.engine.config_test();
+        assert!(ok, "crowdsec -t on 1.7.8: {out}");
+        for link in fx.links {
+            assert!(s.engine.root.join(link).exists(), "{link} missing");
+        }
+        assert_eq!(s.reloads.load(Ordering::SeqCst), 1);
+    } else {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, HubError::ValidationFailed { item, .. } if item.as_deref() == Some(fx.rejected)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("rolled back"), "{err}");
+        assert_same_tree(&before, &tree(&s.engine.root));
+        assert_eq!(s.reloads.load(Ordering::SeqCst), 0);
+    }
 }
 
 #[tokio::test]

@@ -11,21 +11,15 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::admin::{with_admin, AdminClient};
-use support::managed_engine::{bins, bounded, eventually, health_up, Engine};
+use support::admin::AdminClient;
+use support::managed_engine::{bounded, eventually, health_up, Engine};
 
 fn banned(app: &Running, ip: &str) -> bool {
     !app.decider.answer(ip.parse::<IpAddr>().unwrap()).allows()
 }
 
 fn config(engine: &Engine) -> Config {
-    let mut c = with_admin(support::config(&engine.data_dir, None, None));
-    c.engine.enabled = true;
-    c.engine.crowdsec_bin = bins().crowdsec.clone();
-    c.engine.cscli_bin = bins().cscli.clone();
-    c.engine.config_file = engine.config.clone();
-    c.capi_url = "http://127.0.0.1:9".into();
-    c
+    support::managed_engine::engine_mode_config(engine)
 }
 
 async fn start(engine: &Engine) -> Running {

@@ -486,3 +486,136 @@ async fn leftover_engine_of_a_crashed_run_is_stopped_before_a_start() {
     })
     .await;
 }
+
+/// issue #10 item 8: cscli makes the bouncer key (`-o raw`); it is on no child's command
+/// line and in no log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bouncer_key_is_on_no_command_line_and_in_no_log() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    let argv_log = engine.root.join("cscli-argv.log");
+    let wrapper = engine.script(
+        "cscli-recording-argv",
+        &format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            argv_log.display(),
+            bins().cscli.display()
+        ),
+    );
+    bounded(180, async {
+        let mut settings = engine.settings();
+        settings.cscli_bin = wrapper;
+        let sup = Supervisor::new(settings).unwrap();
+        let creds = sup
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}\n{}", engine.log()));
+        let key = read_key(&engine);
+        assert_eq!(creds.api_key, key);
+        assert!(key.len() >= 16, "{key:?}");
+        let argv = std::fs::read_to_string(&argv_log).unwrap();
+        assert!(
+            argv.contains("-o raw bouncers add"),
+            "the key came from cscli: {argv}"
+        );
+        assert!(!argv.contains(&key), "the key is on a cscli command line");
+        let pid = sup.status().pid.unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(!String::from_utf8_lossy(&cmdline).contains(&key));
+        // The key works: LAPI serves the stream with it.
+        let (code, _) = startup_stream(&creds.lapi_url, &creds.api_key).await;
+        assert_eq!(code, 200);
+        sup.stop().await;
+        assert!(!logs.text().contains(&key), "the key is in a log line");
+    })
+    .await;
+}
+
+/// A bouncer add that fails: the error names the command, not a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_bouncer_add_logs_no_secret() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    // Passes everything through but `bouncers add`, which prints a key-like secret and fails.
+    let wrapper = engine.script(
+        "cscli-failing-add",
+        &format!(
+            "#!/bin/bash\nfor a in \"$@\"; do [[ $a == add && \" $* \" == *' bouncers add '* ]] && \
+             {{ echo 'SECRETSECRETSECRET0123456789'; echo 'level=fatal msg=\"unable to create bouncer\"' >&2; exit 1; }}; done\n\
+             exec '{}' \"$@\"\n",
+            bins().cscli.display()
+        ),
+    );
+    bounded(180, async {
+        let mut settings = engine.settings();
+        settings.cscli_bin = wrapper;
+        let sup = Supervisor::new(settings).unwrap();
+        let err = sup.start().await.unwrap_err().to_string();
+        assert!(err.contains("bouncers add"), "{err}");
+        assert!(err.contains("unable to create bouncer"), "{err}");
+        sup.stop().await;
+        let text = logs.text();
+        assert!(text.contains("unable to create bouncer"), "{text}");
+        assert!(
+            !err.contains("SECRETSECRET") && !text.contains("SECRETSECRET"),
+            "{err}\n{text}"
+        );
+    })
+    .await;
+}
+
+/// issue #10 item 12: a pid file whose recorded start time is not that of the process now
+/// holding the pid (the pid was recycled) leaves that process alone, even when its command
+/// line names the engine config; with the right start time, it is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_pid_with_another_start_time_is_left_alone() {
+    let logs = support::logs();
+    let engine = Engine::new();
+    let config = engine.config.display().to_string();
+    let spawn_lookalike = || {
+        // `sleep; true` keeps bash from exec'ing sleep: its argv keeps `-c CONFIG`.
+        Command::new("bash")
+            .args(["-c", "sleep 120; true", "-c", &config])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let start_time = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+    };
+    let pid_file = engine.data_dir.join(cerberus::engine::supervisor::PID_FILE);
+    // A crowdsec that fails at once: only the leftover check before it matters here.
+    let failing = engine.script("crowdsec-failing", "#!/bin/sh\nexit 3\n");
+    bounded(120, async {
+        let mut lookalike = spawn_lookalike();
+        let pid = lookalike.id();
+        std::fs::create_dir_all(&engine.data_dir).unwrap();
+        std::fs::write(&pid_file, format!("{pid} {}\n", start_time(pid) + 1)).unwrap();
+        let mut settings = engine.settings();
+        settings.crowdsec_bin = failing.clone();
+        settings.stop_grace = Duration::from_secs(1);
+        let sup = Supervisor::new(settings.clone()).unwrap();
+        let _ = sup.start().await;
+        sup.stop().await;
+        assert!(alive(pid), "a process with another start time was stopped");
+        assert!(
+            logs.text().contains(&format!("pid {pid} of")),
+            "{}",
+            logs.text()
+        );
+
+        // The control: the same process with its own start time is the leftover.
+        std::fs::write(&pid_file, format!("{pid} {}\n", start_time(pid))).unwrap();
+        let sup = Supervisor::new(settings).unwrap();
+        let _ = sup.start().await;
+        sup.stop().await;
+        let _ = lookalike.wait();
+        assert!(!alive(pid), "the recorded process was not stopped");
+        assert!(logs
+            .text()
+            .contains(&format!("still runs (process group {pid}")));
+    })
+    .await;
+}

@@ -1,8 +1,9 @@
 //! Usage metrics pushed to LAPI (`POST /v1/usage-metrics`): against a stand-in LAPI that
 //! records what it is sent, the body's shape and headers, counters sent as differences
 //! (the accepted pushes add up to exactly the traffic made), a failed push (500) whose
-//! counts go with the next one, a 404 logged once; and against the real LAPI 1.4.6,
-//! which has no such route: the push gets 404 and the decision sync keeps working.
+//! counts go with the next one, a 404 logged once; and against the real LAPI of the
+//! version under test: 1.4.6 has no such route (the push gets 404 and the decision sync
+//! keeps working), 1.7.8 accepts the pushes and `cscli metrics show bouncers` shows them.
 
 mod support;
 
@@ -365,8 +366,79 @@ async fn a_lapi_without_the_route_is_logged_once() {
     app.stop().await;
 }
 
+/// Version-specific, both sides, on the real LAPI of the version under test: 1.4.6 has
+/// no usage-metrics route (404, logged once, the sync goes on); 1.7.8 (1.6.3 and later)
+/// takes the pushes and `cscli metrics show bouncers` lists cerberus' counts by origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_lapi_1_4_6_answers_404_and_sync_goes_on() {
+async fn real_lapi_404_on_1_4_6_and_shown_by_cscli_on_1_7_8() {
+    if support::lapi::version().is_modern() {
+        accepted_and_shown_by_cscli().await;
+    } else {
+        answers_404_and_sync_goes_on().await;
+    }
+}
+
+/// 1.7.8: `cscli metrics show bouncers` needs prometheus on (scripts/crowdsec-lapi.sh
+/// turns it on for versions after 1.4.6).
+async fn accepted_and_shown_by_cscli() {
+    let logs = support::logs();
+    let lapi = Lapi::start();
+    let key = lapi.new_bouncer_key("cerberus-usage");
+    lapi.cscli(&["decisions", "add", "--ip", "192.0.2.77", "--duration", "1h"]);
+    let (app, _dir) = start(&lapi.url, &key).await;
+    support::wait_for("the decision synced", 20, || {
+        !app.decider.answer(ip("192.0.2.77")).allows()
+    })
+    .await;
+    // 3 dropped (origin cscli), 2 allowed.
+    lookups(
+        &app,
+        &[
+            "192.0.2.77",
+            "192.0.2.77",
+            "192.0.2.77",
+            "192.0.2.1",
+            "192.0.2.2",
+        ],
+    )
+    .await;
+    let mut shown = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        shown = lapi.cscli(&["metrics", "show", "bouncers"]);
+        if shown.contains("cerberus-usage") && shown.contains("cscli (manual") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("cscli metrics show bouncers:\n{shown}");
+    assert!(shown.contains("cerberus-usage"), "{shown}");
+    // Rows `| Origin | active_decisions | dropped | processed |`.
+    let cells = |first: &str| -> Vec<String> {
+        shown
+            .lines()
+            .map(|l| {
+                l.split('|')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .find(|row| row.first().is_some_and(|c| c.starts_with(first)))
+            .unwrap_or_else(|| panic!("no {first} row in:\n{shown}"))
+    };
+    assert_eq!(cells("cscli")[1..3], ["1", "3"], "{shown}");
+    assert_eq!(cells("Total")[1..], ["1", "3", "5"], "{shown}");
+    assert!(
+        !logs.text().contains("does not accept usage metrics"),
+        "{}",
+        logs.text()
+    );
+    assert_eq!(app.stats.pulls_failed.load(Ordering::Relaxed), 0);
+    app.stop().await;
+}
+
+/// 1.4.6: no such route.
+async fn answers_404_and_sync_goes_on() {
     let logs = support::logs();
     let lapi = Lapi::start();
     let key = lapi.new_bouncer_key("cerberus-usage");

@@ -11,6 +11,7 @@
 //! The routes are listed once in [`ROUTES`]; the OpenAPI document (`docs/admin-api.yaml`)
 //! is checked against them and against the running server by a test.
 
+mod capi;
 mod console;
 mod decisions;
 mod diagnostics;
@@ -66,6 +67,7 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/console/enroll", true),
     ("GET", "/console/status", true),
     ("POST", "/console/heartbeat", true),
+    ("POST", "/capi/register", true),
 ];
 
 /// What the handlers share.
@@ -423,6 +425,7 @@ async fn route(
         ("POST", "/console/enroll") => console::enroll(admin, req).await,
         ("GET", "/console/status") => console::status(admin),
         ("POST", "/console/heartbeat") => console::heartbeat(admin).await,
+        ("POST", "/capi/register") => capi::register(admin).await,
         _ => {
             let allowed: Vec<&str> = ROUTES
                 .iter()

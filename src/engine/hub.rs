@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use txn::{StepError, Txn};
 
 /// The index URL of current cscli releases (1.6 and later): the hub's `master` branch.
-pub const DEFAULT_HUB_URL: &str = "https://cdn-hub.crowdsec.net/crowdsecurity/master/.index.json";
+pub use crate::config::DEFAULT_HUB_URL;
 /// The index URL cscli 1.4.x uses (`https://hub-cdn.crowdsec.net/<branch>/.index.json`,
 /// branch `master` unless the installed engine is older than the latest release). Item
 /// files without `content` in the index are fetched next to it: `<dir of hub_url>/<path>`.

@@ -1,18 +1,36 @@
 //! A stand-in for CrowdSec's central API (CAPI) on loopback, and a CrowdSec engine
-//! config whose online credentials point at it, so that the real `cscli` 1.4.6 of
-//! Debian's package enrolls against it.
+//! config whose online credentials point at it, so that the real `cscli` of the version
+//! under test (1.4.6 or 1.7.8, [`super::lapi::version`]) enrolls against it.
 //!
-//! It answers what cscli 1.4.6 and cerberus' heartbeat call, the way CrowdSec's API
-//! client reads it (`pkg/apiclient` at v1.4.6):
-//! - `POST /v2/watchers/login` `{"machine_id","password","scenarios":[...]}` ->
-//!   `200 {"code":200,"expire":RFC3339,"token"}`; a body without a `scenarios` array is
-//!   a 400 (the real CAPI refuses `null` there);
-//! - `POST /v2/watchers/enroll` `{"attachment_key","name","tags","overwrite"}` with the
-//!   token -> 202 for a new enrollment; 200 means "already enrolled" to cscli;
-//! - `GET /v2/heartbeat` with the token -> 200.
+//! It answers what cscli and cerberus' heartbeat call, under `/v2/` (what 1.4.6 speaks)
+//! and `/v3/` (1.5 and later: `VersionPrefix: "v3"` in `cmd/crowdsec-cli/cliconsole/
+//! console.go`, `enroll`, and in `pkg/apiserver/apic.go`, `NewAPIC`, of 1.7.8), the same
+//! way under both, as the real central API serves both generations of engines:
+//! - `POST /vN/watchers/login` `{"machine_id","password","scenarios":[...]}` ->
+//!   `200 {"code":200,"expire":RFC3339,"token"}` (read by `pkg/apiclient/auth_jwt.go`,
+//!   `JWTTransport.refreshJwtToken`, as `models.WatcherAuthResponse`); a body without a
+//!   `scenarios` array is a 400 (the real CAPI refuses `null` there);
+//! - `POST /vN/watchers/enroll` with the token: 1.4.6 sends `{"attachment_key","name",
+//!   "tags","overwrite"}`, 1.7.8 `{"attachment_key","name","tags","autoenroll"}` plus
+//!   `"overwrite": true` only when set (`pkg/apiclient/auth_service.go`, `enrollRequest`
+//!   and `EnrollWatcher`) -> 202 for a new enrollment; 200 means "already enrolled" to
+//!   cscli (`console.go`, `enroll`: `rawResp.Response.StatusCode == http.StatusOK`);
+//! - `GET /vN/heartbeat` with the token -> 200 (`pkg/apiclient/heartbeat.go`, `Ping`:
+//!   any 2xx).
 //!
-//! Errors carry `{"message": ...}`: cscli's error type dereferences `message`, so an
-//! error body without it would crash cscli instead of being reported.
+//! - the engine's own central API calls (community blocklist, engine mode without
+//!   `-no-capi`): `POST /vN/signals` and `POST /vN/metrics` -> 200; `GET /v2/decisions/
+//!   stream` -> `{"new":[decision...],"deleted":[]}` with 1.4.6's decision fields, `GET
+//!   /v3/decisions/stream` -> `{"new":[{"scenario","scope","decisions":[{"value",
+//!   "duration"}]}],"deleted":[],"links":{"blocklists":[{"name","url","remediation",
+//!   "scope","duration"}]}}` (`pkg/modelscapi/get_decisions_stream_response*.go` and
+//!   `blocklist_link.go`, read by `pkg/apiserver/apic.go`, `PullTop` and
+//!   `UpdateBlocklists`), and the blocklist itself at `GET /blocklist/NAME`: one value a
+//!   line, as `pkg/apiclient/decisions_service.go`, `GetDecisionsFromBlocklist`, reads it.
+//!
+//! Errors carry `{"message": ...}`: cscli's error type dereferences `message` (1.4.6
+//! crashes on a body without it; 1.7.8 prints the body as is, `pkg/apiclient/resperr.go`,
+//! `CheckResponse`, and prints `API error: MESSAGE` from `ErrorResponse.Error`).
 //!
 //! ```ignore
 //! let capi = Capi::start(Mode::Ok).await;
@@ -26,6 +44,13 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// The address the stand-in's community blocklist bans (origin `CAPI` in LAPI).
+pub const COMMUNITY_IP: &str = "192.0.2.200";
+/// The console blocklist subscription that v3 pulls link to, and the address it bans
+/// (origin `lists`, scenario `lists:NAME` in LAPI).
+pub const BLOCKLIST: &str = "cerberus-test-list";
+pub const BLOCKLIST_IP: &str = "192.0.2.201";
 
 /// How the stand-in behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +182,17 @@ impl Capi {
         self.seen().into_iter().filter(|s| s.path == path).collect()
     }
 
+    /// `/v2/REST` for cscli 1.4.6, `/v3/REST` for 1.7.8: where the version under test
+    /// sends its requests.
+    pub fn path(&self, rest: &str) -> String {
+        let v = if super::lapi::version().is_modern() {
+            "v3"
+        } else {
+            "v2"
+        };
+        format!("/{v}/{rest}")
+    }
+
     /// Tokens handed out by logins.
     pub fn tokens(&self) -> Vec<String> {
         self.shared.tokens.lock().unwrap().clone()
@@ -217,7 +253,12 @@ async fn answer(mut sock: TcpStream, shared: &Shared, creds: &(String, String)) 
     shared.seen.lock().unwrap().push(seen.clone());
     let mode = *shared.mode.lock().unwrap();
     let (status, reply) = route(&seen, mode, shared, creds);
-    let text = reply.map(|v| v.to_string()).unwrap_or_default();
+    // A string is sent as it is (the blocklist's text), anything else as JSON.
+    let text = match reply {
+        Some(Value::String(raw)) => raw,
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
     let reason = match status {
         200 => "OK",
         202 => "Accepted",
@@ -255,7 +296,18 @@ fn route(
     if mode == Mode::ServerError {
         return (500, message("Internal server error"));
     }
-    match (seen.method.as_str(), seen.path.as_str()) {
+    let v3 = seen.path.starts_with("/v3/");
+    if seen.method == "GET" && seen.path == format!("/blocklist/{BLOCKLIST}") {
+        return (200, Some(Value::String(format!("{BLOCKLIST_IP}\n"))));
+    }
+    // The same answers under both API versions.
+    let path = seen
+        .path
+        .strip_prefix("/v3/")
+        .or_else(|| seen.path.strip_prefix("/v2/"))
+        .map(|rest| format!("/v2/{rest}"))
+        .unwrap_or_else(|| seen.path.clone());
+    match (seen.method.as_str(), path.as_str()) {
         ("POST", "/v2/watchers/login") => {
             let Ok(body) = serde_json::from_str::<Value>(&seen.body) else {
                 return (400, message("Invalid request body"));
@@ -299,6 +351,43 @@ fn route(
                 _ => (202, message("enrollment pending approval in the console")),
             }
         }
+        ("POST", "/v2/signals" | "/v2/metrics" | "/v2/usage-metrics") => {
+            if !bearer_ok(seen, shared) {
+                return (401, message("missing or unknown token"));
+            }
+            (200, message("OK"))
+        }
+        ("GET", p) if p.starts_with("/v2/decisions/stream") => {
+            if !bearer_ok(seen, shared) {
+                return (401, message("missing or unknown token"));
+            }
+            let scenario = "crowdsecurity/http-probing";
+            if v3 {
+                let list_url = format!(
+                    "http://{}/blocklist/{BLOCKLIST}",
+                    seen.header("host").unwrap_or("127.0.0.1")
+                );
+                (
+                    200,
+                    Some(json!({
+                        "new": [{"scenario": scenario, "scope": "ip",
+                                 "decisions": [{"value": COMMUNITY_IP, "duration": "24h"}]}],
+                        "deleted": [],
+                        "links": {"blocklists": [{"name": BLOCKLIST, "url": list_url,
+                                                  "remediation": "ban", "scope": "ip", "duration": "24h"}]},
+                    })),
+                )
+            } else {
+                (
+                    200,
+                    Some(json!({
+                        "new": [{"duration": "24h", "origin": "CAPI", "scenario": scenario,
+                                 "scope": "ip", "type": "ban", "value": COMMUNITY_IP}],
+                        "deleted": [],
+                    })),
+                )
+            }
+        }
         ("GET", "/v2/heartbeat") => {
             if !bearer_ok(seen, shared) {
                 return (401, message("missing or unknown token"));
@@ -312,7 +401,7 @@ fn route(
     }
 }
 
-/// Debian's crowdsec package, unpacked once per test process: the path of its cscli.
+/// The crowdsec under test, unpacked or built once per test process: the path of its cscli.
 pub fn cscli() -> PathBuf {
     super::managed_engine::bins().cscli.clone()
 }
@@ -346,7 +435,7 @@ impl EngineConfig {
         for sub in ["config", "data", "hub"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
-        // cscli 1.4.6 reads the installed scenarios from the hub index: it needs the
+        // cscli reads the installed scenarios from the hub index: it needs the
         // item types to be there, even empty.
         std::fs::write(
             d.join("hub/.index.json"),

@@ -1,7 +1,8 @@
 //! A managed CrowdSec engine for end-to-end tests: a config directory for Debian's 1.4.6
 //! (agent and LAPI in one process, `common.daemonize: true` so it handles SIGTERM and
 //! SIGHUP) that reads one Caddy JSON access log, and a loopback hub that serves the hub
-//! index of 2023-03-01 (the one whose `crowdsecurity/caddy` the 1.4.6 engine accepts).
+//! index of 2023-03-01 (the one whose `crowdsecurity/caddy` the 1.4.6 engine accepts), or,
+//! on CrowdSec 1.7.8, today's index (`.index.json` of the same folder).
 //!
 //! The index is read at test time from `../shared/crowdsec-hub/index-2023-03-01.json`
 //! (or `$CERBERUS_HUB_FIXTURES/index-2023-03-01.json`); it is never copied into the
@@ -124,6 +125,7 @@ pub fn caddy_engine(index: Vec<u8>) -> Engine {
         index: Some(index),
         prometheus: true,
         caddy_log: None,
+        online_client: false,
     })
 }
 
@@ -140,6 +142,17 @@ pub struct CaddyPresets {
 }
 
 pub fn caddy_presets() -> CaddyPresets {
+    // CrowdSec 1.7.8 runs today's crowdsecurity/caddy (which 1.4.6 refuses).
+    let today = hub_fixtures().join(".index.json");
+    if super::lapi::version().is_modern() && today.exists() {
+        return CaddyPresets {
+            index: std::fs::read(&today).unwrap(),
+            install: vec!["crowdsecurity/syslog-logs", "crowdsecurity/caddy"],
+            collection: "crowdsecurity/caddy",
+            scenario: "crowdsecurity/http-probing",
+            real: true,
+        };
+    }
     if hub_fixtures().join(INDEX_2023).exists() {
         // `crowdsecurity/caddy` alone parses nothing: its parser wants
         // `evt.Parsed.program`, which the raw-stage `non-syslog` node of

@@ -1,7 +1,8 @@
 //! A real CrowdSec Local API (LAPI) for integration tests.
 //!
-//! Each [`Lapi`] is a `crowdsec -no-cs -no-capi` process of Debian's crowdsec 1.4.6 package,
-//! run by `scripts/crowdsec-lapi.sh` on 127.0.0.1 and a free port, with its config, sqlite
+//! Each [`Lapi`] is a `crowdsec -no-cs -no-capi` process of the CrowdSec version under test
+//! ([`version`]: Debian's 1.4.6 package, or 1.7.8 built from the Go module proxy), run by
+//! `scripts/crowdsec-lapi.sh` on 127.0.0.1 and a free port, with its config, sqlite
 //! database and credentials in a temporary directory of its own. It is stopped when the
 //! [`Lapi`] is dropped, and also, by a watchdog of the script, when the test process dies.
 //!
@@ -66,8 +67,48 @@ fn describe(what: &str, out: &Output) -> String {
     )
 }
 
-/// Unpacks the crowdsec package once per test process.
+/// A CrowdSec release under test, from `CERBERUS_CROWDSEC_VERSION` (default 1.4.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// Debian 12's package (2023): /v2 to the central API, no usage metrics route.
+    V1_4_6,
+    /// Today's release, built from the Go module proxy by `scripts/crowdsec-build.sh`.
+    V1_7_8,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V1_4_6 => "1.4.6",
+            Version::V1_7_8 => "1.7.8",
+        }
+    }
+
+    /// 1.5 and later (usage metrics from 1.6.3, /v3 to the central API, today's hub).
+    pub fn is_modern(self) -> bool {
+        self != Version::V1_4_6
+    }
+}
+
+/// The CrowdSec version this test process runs against; printed once, so that every
+/// test's output says which one it used.
+pub fn version() -> Version {
+    static VERSION: OnceLock<Version> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let raw = std::env::var("CERBERUS_CROWDSEC_VERSION").unwrap_or_default();
+        let v = match raw.trim_start_matches('v') {
+            "" | "1.4.6" => Version::V1_4_6,
+            "1.7.8" => Version::V1_7_8,
+            other => panic!("CERBERUS_CROWDSEC_VERSION={other}: the tests know 1.4.6 and 1.7.8"),
+        };
+        eprintln!("crowdsec under test: {}", v.as_str());
+        v
+    })
+}
+
+/// Unpacks (or builds) the crowdsec under test once per test process.
 fn install_once() {
+    version();
     static INSTALL: OnceLock<Result<(), String>> = OnceLock::new();
     let result = INSTALL.get_or_init(|| {
         let out = run_script(&["install"]);

@@ -18,10 +18,23 @@ pub struct Bins {
     pub root: PathBuf,
 }
 
-/// Unpacks Debian's crowdsec package once (scripts/crowdsec-lapi.sh install).
+/// A cerberus config in engine mode on `engine` (admin API on a free port, fast sync).
+pub fn engine_mode_config(engine: &Engine) -> cerberus::config::Config {
+    let mut c = super::admin::with_admin(super::config(&engine.data_dir, None, None));
+    c.engine.enabled = true;
+    c.engine.crowdsec_bin = bins().crowdsec.clone();
+    c.engine.cscli_bin = bins().cscli.clone();
+    c.engine.config_file = engine.config.clone();
+    c.capi_url = "http://127.0.0.1:9".into();
+    c
+}
+
+/// Unpacks (1.4.6) or builds (1.7.8) the crowdsec under test once
+/// (scripts/crowdsec-lapi.sh install, which reads `CERBERUS_CROWDSEC_VERSION`).
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
+        super::lapi::version();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = Command::new("bash")
             .arg(repo.join("scripts/crowdsec-lapi.sh"))
@@ -108,6 +121,9 @@ pub struct EngineOptions {
     pub index: Option<Vec<u8>>,
     /// Serve the engine's Prometheus metrics (so `cscli metrics` tells what was parsed).
     pub prometheus: bool,
+    /// Name `DIR/online_api_credentials.yaml` as the central API credentials (the test
+    /// writes the file before the engine starts).
+    pub online_client: bool,
 }
 
 impl Engine {
@@ -207,11 +223,18 @@ api:
     log_level: info
     listen_uri: 127.0.0.1:{port}
     profiles_path: {r}/profiles.yaml
-    trusted_ips:
+    console_path: {r}/console.yaml
+{online_client}    trusted_ips:
       - 127.0.0.1
 prometheus:
 {prometheus}",
-                plugins = plugins.display()
+                plugins = plugins.display(),
+                // cscli and crowdsec refuse to run when the named file is missing.
+                online_client = if opts.online_client {
+                    format!("    online_client:\n      credentials_path: {r}/online_api_credentials.yaml\n")
+                } else {
+                    String::new()
+                },
             ),
         )
         .unwrap();
@@ -269,6 +292,11 @@ prometheus:
         std::fs::write(&path, body).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    /// `api.server.online_client.credentials_path` (absent until a test writes it).
+    pub fn online_credentials(&self) -> PathBuf {
+        self.root.join("online_api_credentials.yaml")
     }
 
     pub fn key_file(&self) -> PathBuf {
