@@ -6,6 +6,7 @@ package cerberus
 import (
 	"errors"
 	"fmt"
+	"html/template"
 	"net"
 	"net/http"
 	"net/netip"
@@ -43,12 +44,15 @@ const failLogEvery = 10 * time.Second
 //
 //   - allow: the next handler runs.
 //   - ban, and `other` (a decision type the daemon does not map; treated as ban, as
-//     CrowdSec's bouncers do with their default fallback remediation): a Caddy HTTP
-//     error with status 403, which `handle_errors` can render.
+//     CrowdSec's bouncers do with their default fallback remediation): status 403.
 //   - captcha: answered as ban (403) until captcha support exists; the placeholder
 //     `{http.cerberus.remediation}` still says `captcha`.
-//   - throttle: an HTTP error with status 429 and a `Retry-After` header (seconds
-//     until the decision expires, at least 1).
+//   - throttle: status 429 with a `Retry-After` header (seconds until the decision
+//     expires, at least 1).
+//
+// Refusals are answered by the handler itself with the built-in page (or the
+// `ban_template`), no error log per request; with `errors` they are Caddy HTTP
+// errors instead, which `handle_errors` can render.
 //
 // In every case the handler sets the placeholders `{http.cerberus.remediation}`
 // (allow, ban, captcha, throttle, other, or `unavailable` when the daemon did not
@@ -84,9 +88,20 @@ type Handler struct {
 	// connection carries many concurrent lookups. Default: 4.
 	Connections int `json:"connections,omitempty"`
 
+	// Errors makes refusals (403, 429, fail-closed 503) Caddy HTTP errors, for
+	// `handle_errors` to render. Default: false, the handler answers them itself
+	// with the ban page.
+	Errors bool `json:"errors,omitempty"`
+
+	// BanTemplate is the path of an html/template file used as the page of a
+	// refusal instead of the built-in one (fields: see PageData). Values are
+	// escaped by html/template; never mark LAPI data (Origin, Scenario) as safe.
+	BanTemplate string `json:"ban_template,omitempty"`
+
 	client  *Client
 	logger  *zap.Logger
 	failLog *rateLimitedLog
+	page    *template.Template
 }
 
 // CaddyModule returns the Caddy module information.
@@ -117,6 +132,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.failLog = &rateLimitedLog{logger: h.logger, every: failLogEvery}
+	page, err := loadTemplate(h.BanTemplate)
+	if err != nil {
+		return err
+	}
+	h.page = page
 	h.client = NewClient(h.Socket, h.Connections, time.Duration(h.Timeout))
 	return nil
 }
@@ -169,18 +189,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("http.cerberus.expires_in_s", strconv.FormatUint(uint64(ans.ExpiresInS), 10))
 	verdicts.WithLabelValues(ans.Remediation.String()).Inc()
 
-	switch ans.Remediation {
-	case Allow:
+	if ans.Remediation == Allow {
 		return next.ServeHTTP(w, r)
-	case Throttle:
-		retry := max(ans.ExpiresInS, 1)
-		w.Header().Set("Retry-After", strconv.FormatUint(uint64(retry), 10))
-		return caddyhttp.Error(http.StatusTooManyRequests,
-			fmt.Errorf("cerberus: %s throttled by %s (%s)", addr, ans.Origin, ans.Scenario))
-	default: // ban, captcha (no captcha support yet), other
-		return caddyhttp.Error(http.StatusForbidden,
-			fmt.Errorf("cerberus: %s: %s by %s (%s)", addr, ans.Remediation, ans.Origin, ans.Scenario))
 	}
+	d := PageData{Status: http.StatusForbidden, Title: "Access denied", IP: addr.String(),
+		Remediation: ans.Remediation.String(), Origin: ans.Origin, Scenario: ans.Scenario,
+		Type: ans.Type, RetryAfter: ans.ExpiresInS}
+	if ans.Remediation == Throttle {
+		d.Status, d.Title = http.StatusTooManyRequests, "Too many requests"
+	}
+	// ban, captcha (no captcha support yet), other: 403. The error (for `errors`)
+	// is built only when it is used.
+	var cause error
+	if h.Errors {
+		cause = fmt.Errorf("cerberus: %s: %s by %s (%s)", addr, ans.Remediation, ans.Origin, ans.Scenario)
+	}
+	return h.refuse(w, d, cause)
 }
 
 // failure applies the fail policy to a request the daemon gave no usable answer for.
@@ -194,7 +218,8 @@ func (h *Handler) failure(w http.ResponseWriter, r *http.Request, next caddyhttp
 	failures.WithLabelValues(reason).Inc()
 	h.failLog.record(reason, h.Fail, err)
 	if h.Fail == FailClosed {
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("cerberus: fail closed: %w", err))
+		return h.refuse(w, PageData{Status: http.StatusServiceUnavailable, Title: "Service unavailable",
+			Remediation: "unavailable"}, fmt.Errorf("cerberus: fail closed: %w", err))
 	}
 	return next.ServeHTTP(w, r)
 }
