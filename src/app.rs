@@ -205,6 +205,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             idle_timeout: config.socket_idle_timeout,
         })?;
         threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
+        if let Some(dir) = &config.snapshot_dir {
+            let settings =
+                crate::serve::segments::SegmentSettings::new(dir.clone(), &config.socket);
+            let decider = decider.clone();
+            threads.push(crate::serve::segments::spawn(
+                settings,
+                decider,
+                ready.clone(),
+                shutdown_rx.clone(),
+            )?);
+        }
         let socket_addr = format!("unix:{}", config.socket.display());
         info!("listening for Caddy module lookups on {socket_addr}");
         let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?;

@@ -42,6 +42,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("socket_mode", Kind::Str),
     ("socket_max_connections", Kind::Int),
     ("socket_idle_timeout", Kind::Str),
+    ("snapshot_dir", Kind::Str),
     ("forward_auth_listen", Kind::Str),
     ("admin_listen", Kind::Str),
     ("admin_token", Kind::Str),
@@ -209,6 +210,9 @@ pub struct Config {
     /// A socket connection with nothing outstanding for this long is closed. Default 60s
     /// (the protocol promises clients at least 60s).
     pub socket_idle_timeout: Duration,
+    /// Where the snapshot segments for the Caddy module go (`bouncer-api/SNAPSHOT.md`);
+    /// `off`: none. Default: the socket's directory + `/snapshot`.
+    pub snapshot_dir: Option<PathBuf>,
     /// Default `127.0.0.1:7420`.
     pub forward_auth_listen: Listen,
     /// Default `127.0.0.1:8088`.
@@ -269,6 +273,7 @@ impl Default for Config {
             machine_id: None,
             machine_password: None,
             socket: data_dir.join("cerberus.sock"),
+            snapshot_dir: Some(data_dir.join("snapshot")),
             data_dir,
             socket_mode: 0o660,
             socket_max_connections: 1024,
@@ -654,6 +659,11 @@ impl Reader {
         c.socket = self
             .path("socket")
             .unwrap_or_else(|| c.data_dir.join("cerberus.sock"));
+        c.snapshot_dir = match self.string("snapshot_dir") {
+            Some(v) if v == "off" => None,
+            Some(_) => self.path("snapshot_dir"),
+            None => Some(c.socket.parent().unwrap_or(Path::new(".")).join("snapshot")),
+        };
         if let Some(mode) = self.string("socket_mode") {
             match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
                 Ok(m) if m <= 0o777 => c.socket_mode = m,

@@ -4,6 +4,7 @@
 
 pub mod forward_auth;
 pub mod http;
+pub mod segments;
 pub mod socket;
 
 use crate::decision::Remediation;

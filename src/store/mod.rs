@@ -6,6 +6,8 @@
 //! and those of every range containing it), the strongest remediation wins
 //! (`ban > captcha > throttle > other`), and among equals the one that expires last.
 
+mod export;
+pub use export::IpKey;
 mod ranges;
 mod table;
 
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use table::{Fold, Key, Table};
 
 type Map<K, V> = HashMap<K, V, RandomState>;
@@ -271,7 +273,13 @@ pub struct Writer {
     ranges_dirty: bool,
     meta_ids: HashMap<Meta, u32>,
     published: Arc<ArcSwap<Snapshot>>,
+    /// Called after each publish (the segment writer's wake-up), once set.
+    hook: Arc<OnceLock<PublishHook>>,
 }
+
+/// What [`Decider::on_publish`] registers: called on the publishing thread, so it must
+/// only signal (never block or do the work itself).
+pub type PublishHook = Box<dyn Fn() + Send + Sync>;
 
 impl Writer {
     pub fn new(published: Arc<ArcSwap<Snapshot>>) -> Writer {
@@ -283,6 +291,7 @@ impl Writer {
             ranges_dirty: false,
             meta_ids: HashMap::new(),
             published,
+            hook: Arc::default(),
         }
     }
 
@@ -370,6 +379,7 @@ impl Writer {
     /// generation count: a full resync builds into it and replaces this one on success.
     pub fn fresh(&self) -> Writer {
         let mut w = Writer::new(self.published.clone());
+        w.hook = self.hook.clone();
         w.next.generation = self.next.generation;
         w
     }
@@ -404,6 +414,9 @@ impl Writer {
         self.next.generation += 1;
         let snap = Arc::new(self.next.clone());
         self.published.store(snap.clone());
+        if let Some(hook) = self.hook.get() {
+            hook();
+        }
         snap
     }
 }
@@ -596,6 +609,8 @@ pub struct Decider {
     usage: crate::usage::Usage,
     /// Tells deciders apart (caches keyed by snapshot generation).
     id: u64,
+    /// Shared with every writer of this decider.
+    hook: Arc<OnceLock<PublishHook>>,
 }
 
 static NEXT_DECIDER_ID: AtomicU64 = AtomicU64::new(1);
@@ -615,6 +630,7 @@ impl Decider {
             lookups: AtomicU64::new(0),
             usage: crate::usage::Usage::default(),
             id: NEXT_DECIDER_ID.fetch_add(1, Ordering::Relaxed),
+            hook: Arc::default(),
         }
     }
 
@@ -631,7 +647,15 @@ impl Decider {
 
     /// A writer publishing into this decider.
     pub fn writer(&self) -> Writer {
-        Writer::new(self.snapshot.clone())
+        let mut w = Writer::new(self.snapshot.clone());
+        w.hook = self.hook.clone();
+        w
+    }
+
+    /// Registers the one hook called after every publish of this decider's writers
+    /// (also of writers made before). Returns false when one is already set.
+    pub fn on_publish(&self, hook: PublishHook) -> bool {
+        self.hook.set(hook).is_ok()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
