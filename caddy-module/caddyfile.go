@@ -27,6 +27,7 @@ func init() {
 //		connections <n>               # default 4
 //		errors                        # refusals become Caddy HTTP errors
 //		ban_template <file>           # html/template page of a refusal
+//		snapshot_dir <dir>|off        # default: the socket's directory + /snapshot
 //	}
 //
 // Every subdirective is optional; `cerberus` alone uses the defaults.
@@ -70,6 +71,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Fail = arg
 		case "ban_template":
 			h.BanTemplate = arg
+		case "snapshot_dir":
+			h.SnapshotDir = arg
 		case "connections":
 			n, err := strconv.Atoi(arg)
 			if err != nil || n < 1 {

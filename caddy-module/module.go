@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -93,6 +94,13 @@ type Handler struct {
 	// with the ban page.
 	Errors bool `json:"errors,omitempty"`
 
+	// SnapshotDir is the daemon's snapshot segment directory (its `snapshot_dir`),
+	// mapped read-only so that lookups need no socket round trip; "off": socket
+	// only. Default: the socket's directory + "/snapshot". When the segments cannot
+	// be mapped (missing, other mount namespace, permission, daemon gone) lookups use
+	// the socket, and a log line says why.
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+
 	// BanTemplate is the path of an html/template file used as the page of a
 	// refusal instead of the built-in one (fields: see PageData). Values are
 	// escaped by html/template; never mark LAPI data (Origin, Scenario) as safe.
@@ -102,6 +110,7 @@ type Handler struct {
 	logger  *zap.Logger
 	failLog *rateLimitedLog
 	page    *template.Template
+	snap    *snapReader
 }
 
 // CaddyModule returns the Caddy module information.
@@ -138,6 +147,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.page = page
 	h.client = NewClient(h.Socket, h.Connections, time.Duration(h.Timeout))
+	if h.SnapshotDir == "" {
+		h.SnapshotDir = filepath.Join(filepath.Dir(h.Socket), "snapshot")
+	}
+	if h.SnapshotDir != "off" {
+		h.snap = acquireSnapshot(h.SnapshotDir, h.logger)
+	}
 	return nil
 }
 
@@ -157,6 +172,10 @@ func (h *Handler) Validate() error {
 
 // Cleanup closes the connections. It works whatever Provision did.
 func (h *Handler) Cleanup() error {
+	if h.snap != nil {
+		h.snap.release()
+		h.snap = nil
+	}
 	if h.client != nil {
 		return h.client.Close()
 	}
@@ -174,12 +193,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return h.failure(w, r, next, repl, "no_client_ip", fmt.Errorf("no client IP address in %q", r.RemoteAddr))
 	}
-	ans, err := h.client.Lookup(r.Context(), addr)
-	if err != nil {
-		return h.failure(w, r, next, repl, failureReason(err), err)
+	ans, mapped := Answer{}, false
+	if h.snap != nil {
+		ans, mapped = h.snap.lookup(addr, uint32(time.Now().Unix()))
 	}
-	if ans.Status == StatusNotReady {
-		return h.failure(w, r, next, repl, "not_ready", errors.New("daemon has no decision set yet"))
+	if !mapped {
+		var err error
+		ans, err = h.client.Lookup(r.Context(), addr)
+		if err != nil {
+			return h.failure(w, r, next, repl, failureReason(err), err)
+		}
+		if ans.Status == StatusNotReady {
+			return h.failure(w, r, next, repl, "not_ready", errors.New("daemon has no decision set yet"))
+		}
 	}
 
 	repl.Set("http.cerberus.remediation", ans.Remediation.String())
