@@ -63,6 +63,11 @@ type segment struct {
 	verdicts       []byte
 	mask4, mask6   uint64
 	metas          []segMeta
+	// r4idx[p] is the number of IPv4 intervals whose first address is below p << r4shift:
+	// a lookup binary-searches only the intervals of its own bucket (built at parse
+	// time; without it the search over thousands of ranges dominated the lookup).
+	r4idx   []uint32
+	r4shift uint32
 }
 
 func rankOf(r Remediation) uint8 {
@@ -115,6 +120,7 @@ func parseSegment(buf []byte) (*segment, error) {
 	s.v4, s.v6, s.r4, s.r6, s.verdicts = sec[secV4], sec[secV6], sec[secR4], sec[secR6], sec[secVerdicts]
 	s.mask4 = uint64(len(s.v4)/8) - 1
 	s.mask6 = uint64(len(s.v6)/24) - 1
+	s.indexRanges4()
 	strs := sec[secStrings]
 	metas := sec[secMetas]
 	s.metas = make([]segMeta, len(metas)/16)
@@ -129,9 +135,9 @@ func parseSegment(buf []byte) (*segment, error) {
 		r := Remediation(m[0])
 		s.metas[i] = segMeta{
 			remediation: r, rank: rankOf(r),
-			origin:      strings.ToValidUTF8(string(strs[start:start+olen]), "\uFFFD"),
-			scenario:    strings.ToValidUTF8(string(strs[start+olen:start+olen+slen]), "\uFFFD"),
-			typ:         strings.ToValidUTF8(string(strs[start+olen+slen:end]), "\uFFFD"),
+			origin:   strings.ToValidUTF8(string(strs[start:start+olen]), "\uFFFD"),
+			scenario: strings.ToValidUTF8(string(strs[start+olen:start+olen+slen]), "\uFFFD"),
+			typ:      strings.ToValidUTF8(string(strs[start+olen+slen:end]), "\uFFFD"),
 		}
 	}
 	return s, nil
@@ -185,9 +191,33 @@ func (s *segment) exact6(hi, lo uint64) (val uint32, found bool) {
 	return 0, false
 }
 
-func (s *segment) range4(key uint32) uint32 {
+// indexRanges4 builds r4idx: about one bucket per interval, between 2^8 and 2^16.
+func (s *segment) indexRanges4() {
 	n := len(s.r4) / 16
-	lo, hi := 0, n // lo: number of intervals with first <= key
+	if n == 0 {
+		return
+	}
+	bits := uint32(8)
+	for bits < 16 && 1<<bits < n {
+		bits++
+	}
+	s.r4shift = 32 - bits
+	s.r4idx = make([]uint32, 1<<bits+1)
+	i := 0
+	for p := range s.r4idx {
+		for i < n && uint64(le.Uint32(s.r4[i*16:])) < uint64(p)<<s.r4shift {
+			i++
+		}
+		s.r4idx[p] = uint32(i)
+	}
+}
+
+func (s *segment) range4(key uint32) uint32 {
+	if len(s.r4idx) == 0 {
+		return 0
+	}
+	p := key >> s.r4shift
+	lo, hi := int(s.r4idx[p]), int(s.r4idx[p+1]) // lo: number of intervals with first <= key
 	for lo < hi {
 		mid := int(uint(lo+hi) >> 1)
 		if le.Uint32(s.r4[mid*16:]) <= key {

@@ -134,3 +134,43 @@ func TestSegmentLookupAllocatesNothing(t *testing.T) {
 
 // segSink keeps lookups in tests and benchmarks from being optimised away.
 var segSink Answer
+
+// BenchmarkSegmentLookup measures the mapped lookup at 100k and 1M decisions, over
+// segments written by the Rust writer (bouncer-api/examples/segment_gen) into
+// $CERBERUS_BENCH_SEGMENTS as base-100000.seg and base-1000000.seg (benches/README.md
+// says how); half the addresses asked are banned keys' neighbours, half random.
+func BenchmarkSegmentLookup(b *testing.B) {
+	dir := os.Getenv("CERBERUS_BENCH_SEGMENTS")
+	if dir == "" {
+		b.Skip("CERBERUS_BENCH_SEGMENTS not set (see benches/README.md)")
+	}
+	for _, n := range []string{"100000", "1000000"} {
+		b.Run(n, func(b *testing.B) {
+			data, _, err := mapFile(filepath.Join(dir, "base-"+n+".seg"), 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			s, err := parseSegment(data)
+			if err != nil {
+				b.Fatal(err)
+			}
+			// Addresses that are keys (read from the table) and random ones.
+			var addrs []netip.Addr
+			for i := 0; i+8 <= len(s.v4) && len(addrs) < 4096; i += 8 * 97 {
+				if le.Uint32(s.v4[i+4:]) != segEmpty {
+					k := le.Uint32(s.v4[i:])
+					addrs = append(addrs, netip.AddrFrom4([4]byte{byte(k >> 24), byte(k >> 16), byte(k >> 8), byte(k)}))
+				}
+			}
+			x := uint32(12345)
+			for len(addrs) < 8192 {
+				x = x*1664525 + 1013904223
+				addrs = append(addrs, netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)}))
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				segSink = segLookup(s, nil, addrs[i&8191], 1_800_000_000)
+			}
+		})
+	}
+}

@@ -109,11 +109,11 @@ type snapReader struct {
 	// earlier mappings of `current` (replaced file): sets may still point into them,
 	// so they are unmapped only when the reader stops.
 	oldCurrents [][]byte
-	lastStat   time.Time
-	shown      [2]uint64 // base and overlay serials in force
-	maps       map[string]*mapping
-	retiring   []*snapSet
-	status     string // why the segments are not used ("" when they are)
+	lastStat    time.Time
+	shown       [2]uint64 // base and overlay serials in force
+	maps        map[string]*mapping
+	retiring    []*snapSet
+	status      string // why the segments are not used ("" when they are)
 }
 
 var (

@@ -205,9 +205,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             idle_timeout: config.socket_idle_timeout,
         })?;
         threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
-        if let Some(dir) = &config.snapshot_dir {
-            let settings =
-                crate::serve::segments::SegmentSettings::new(dir.clone(), &config.socket);
+        if let Some(dir) = config.snapshot_path() {
+            let settings = crate::serve::segments::SegmentSettings::new(dir, &config.socket);
             let decider = decider.clone();
             threads.push(crate::serve::segments::spawn(
                 settings,

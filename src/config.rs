@@ -211,8 +211,8 @@ pub struct Config {
     /// (the protocol promises clients at least 60s).
     pub socket_idle_timeout: Duration,
     /// Where the snapshot segments for the Caddy module go (`bouncer-api/SNAPSHOT.md`);
-    /// `off`: none. Default: the socket's directory + `/snapshot`.
-    pub snapshot_dir: Option<PathBuf>,
+    /// see [`Config::snapshot_path`].
+    pub snapshot_dir: SnapshotDir,
     /// Default `127.0.0.1:7420`.
     pub forward_auth_listen: Listen,
     /// Default `127.0.0.1:8088`.
@@ -273,7 +273,7 @@ impl Default for Config {
             machine_id: None,
             machine_password: None,
             socket: data_dir.join("cerberus.sock"),
-            snapshot_dir: Some(data_dir.join("snapshot")),
+            snapshot_dir: SnapshotDir::NextToSocket,
             data_dir,
             socket_mode: 0o660,
             socket_max_connections: 1024,
@@ -659,11 +659,13 @@ impl Reader {
         c.socket = self
             .path("socket")
             .unwrap_or_else(|| c.data_dir.join("cerberus.sock"));
-        c.snapshot_dir = match self.string("snapshot_dir") {
-            Some(v) if v == "off" => None,
-            Some(_) => self.path("snapshot_dir"),
-            None => Some(c.socket.parent().unwrap_or(Path::new(".")).join("snapshot")),
-        };
+        match self.string("snapshot_dir") {
+            Some(v) if v == "off" => c.snapshot_dir = SnapshotDir::Off,
+            Some(_) => {
+                c.snapshot_dir = SnapshotDir::Path(self.path("snapshot_dir").unwrap_or_default())
+            }
+            None => {}
+        }
         if let Some(mode) = self.string("socket_mode") {
             match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
                 Ok(m) if m <= 0o777 => c.socket_mode = m,
@@ -988,6 +990,32 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// Where the snapshot segments go: `snapshot_dir: PATH`, `off`, or (default) the
+/// socket's directory + `/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SnapshotDir {
+    #[default]
+    NextToSocket,
+    Path(PathBuf),
+    Off,
+}
+
+impl Config {
+    /// The snapshot segment directory, None when switched off.
+    pub fn snapshot_path(&self) -> Option<PathBuf> {
+        match &self.snapshot_dir {
+            SnapshotDir::Off => None,
+            SnapshotDir::Path(p) => Some(p.clone()),
+            SnapshotDir::NextToSocket => Some(
+                self.socket
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("snapshot"),
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
