@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -174,3 +175,34 @@ func BenchmarkSegmentLookup(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReferenceGoMap is the yardstick of the same run: a plain Go map of the same
+// number of IPv4 keys, asked the same mix (half known keys, half random).
+func BenchmarkReferenceGoMap(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			m := make(map[uint32]uint32, n)
+			x := uint32(99)
+			keys := make([]uint32, 0, 8192)
+			for len(m) < n {
+				x = x*1664525 + 1013904223
+				m[x] = x
+				if len(keys) < 4096 && len(m)%97 == 0 {
+					keys = append(keys, x)
+				}
+			}
+			for len(keys) < 8192 {
+				x = x*22695477 + 1
+				keys = append(keys, x)
+			}
+			var sink uint32
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				sink += m[keys[i&8191]]
+			}
+			refSink = sink
+		})
+	}
+}
+
+var refSink uint32

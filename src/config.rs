@@ -1027,6 +1027,20 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_dir_follows_the_socket_unless_set() {
+        let c = load("socket: /tmp/cerberus.sock\n").unwrap();
+        assert_eq!(c.snapshot_path(), Some(PathBuf::from("/tmp/snapshot")));
+        let c = load("snapshot_dir: /dev/shm/cerberus\n").unwrap();
+        assert_eq!(c.snapshot_path(), Some(PathBuf::from("/dev/shm/cerberus")));
+        assert_eq!(load("snapshot_dir: off\n").unwrap().snapshot_path(), None);
+        let c = Config {
+            socket: PathBuf::from("/tmp/x/cerberus.sock"),
+            ..Config::default()
+        };
+        assert_eq!(c.snapshot_path(), Some(PathBuf::from("/tmp/x/snapshot")));
+    }
+
+    #[test]
     fn usage_metrics_interval() {
         assert_eq!(
             load("").unwrap().usage_metrics_interval,

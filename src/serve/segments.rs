@@ -482,7 +482,7 @@ impl Current {
 
     /// The 8-byte word at offset `8 * i`.
     fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i >= 1 && i < CURRENT_LEN / 8);
+        assert!((1..CURRENT_LEN / 8).contains(&i));
         // SAFETY: aligned (the mapping is page-aligned) and inside the mapping, which
         // lives as long as self.
         unsafe { &*self.map.add(8 * i).cast::<AtomicU64>() }

@@ -272,9 +272,15 @@ pub struct Writer {
     ranges: BTreeMap<(Target, i64), Verdict>,
     ranges_dirty: bool,
     meta_ids: HashMap<Meta, u32>,
-    published: Arc<ArcSwap<Snapshot>>,
-    /// Called after each publish (the segment writer's wake-up), once set.
-    hook: Arc<OnceLock<PublishHook>>,
+    published: Arc<Published>,
+}
+
+/// Where snapshots are published, and the hook called after each publish (the segment
+/// writer's wake-up), once set. Shared by a decider and all its writers.
+#[derive(Default)]
+pub struct Published {
+    snapshot: ArcSwap<Snapshot>,
+    hook: OnceLock<PublishHook>,
 }
 
 /// What [`Decider::on_publish`] registers: called on the publishing thread, so it must
@@ -282,7 +288,7 @@ pub struct Writer {
 pub type PublishHook = Box<dyn Fn() + Send + Sync>;
 
 impl Writer {
-    pub fn new(published: Arc<ArcSwap<Snapshot>>) -> Writer {
+    pub fn new(published: Arc<Published>) -> Writer {
         Writer {
             next: Snapshot::default(),
             fold4: None,
@@ -291,7 +297,6 @@ impl Writer {
             ranges_dirty: false,
             meta_ids: HashMap::new(),
             published,
-            hook: Arc::default(),
         }
     }
 
@@ -379,7 +384,6 @@ impl Writer {
     /// generation count: a full resync builds into it and replaces this one on success.
     pub fn fresh(&self) -> Writer {
         let mut w = Writer::new(self.published.clone());
-        w.hook = self.hook.clone();
         w.next.generation = self.next.generation;
         w
     }
@@ -413,8 +417,8 @@ impl Writer {
         self.next.v6.maintain(&mut self.fold6);
         self.next.generation += 1;
         let snap = Arc::new(self.next.clone());
-        self.published.store(snap.clone());
-        if let Some(hook) = self.hook.get() {
+        self.published.snapshot.store(snap.clone());
+        if let Some(hook) = self.published.hook.get() {
             hook();
         }
         snap
@@ -600,7 +604,7 @@ impl Answer {
 /// The hot path's entry: the published snapshot, the protection switch and the outage
 /// policy. Every read is lock-free.
 pub struct Decider {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: Arc<Published>,
     enabled: AtomicBool,
     /// 0: normal, 1: fail open, 2: fail closed (set by the sync loop when LAPI is stale).
     outage: AtomicU8,
@@ -609,8 +613,6 @@ pub struct Decider {
     usage: crate::usage::Usage,
     /// Tells deciders apart (caches keyed by snapshot generation).
     id: u64,
-    /// Shared with every writer of this decider.
-    hook: Arc<OnceLock<PublishHook>>,
 }
 
 static NEXT_DECIDER_ID: AtomicU64 = AtomicU64::new(1);
@@ -624,13 +626,12 @@ impl Default for Decider {
 impl Decider {
     pub fn new() -> Decider {
         Decider {
-            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            snapshot: Arc::default(),
             enabled: AtomicBool::new(true),
             outage: AtomicU8::new(0),
             lookups: AtomicU64::new(0),
             usage: crate::usage::Usage::default(),
             id: NEXT_DECIDER_ID.fetch_add(1, Ordering::Relaxed),
-            hook: Arc::default(),
         }
     }
 
@@ -647,19 +648,17 @@ impl Decider {
 
     /// A writer publishing into this decider.
     pub fn writer(&self) -> Writer {
-        let mut w = Writer::new(self.snapshot.clone());
-        w.hook = self.hook.clone();
-        w
+        Writer::new(self.snapshot.clone())
     }
 
     /// Registers the one hook called after every publish of this decider's writers
     /// (also of writers made before). Returns false when one is already set.
     pub fn on_publish(&self, hook: PublishHook) -> bool {
-        self.hook.set(hook).is_ok()
+        self.snapshot.hook.set(hook).is_ok()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.snapshot.snapshot.load_full()
     }
 
     pub fn set_enabled(&self, on: bool) {
@@ -711,7 +710,7 @@ impl Decider {
             2 => return f(Source::FailClosed, None),
             _ => {}
         }
-        let snap = self.snapshot.load();
+        let snap = self.snapshot.snapshot.load();
         match snap.lookup(ip, now) {
             Some(hit) => f(Source::Decision, Some(hit)),
             None => f(Source::None, None),
