@@ -111,6 +111,9 @@ type Handler struct {
 	failLog *rateLimitedLog
 	page    *template.Template
 	snap    *snapReader
+	counts  *reportCounts
+	stopRep chan struct{}
+	repDone chan struct{}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -152,6 +155,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.SnapshotDir != "off" {
 		h.snap = acquireSnapshot(h.SnapshotDir, h.logger)
+		h.counts = newReportCounts()
+		h.stopRep, h.repDone = make(chan struct{}), make(chan struct{})
+		go runReporter(h.client, h.counts, h.logger, h.stopRep, h.repDone)
 	}
 	return nil
 }
@@ -173,6 +179,8 @@ func (h *Handler) Validate() error {
 // Cleanup closes the connections. It works whatever Provision did.
 func (h *Handler) Cleanup() error {
 	if h.snap != nil {
+		close(h.stopRep) // one last report, then the connections close below
+		<-h.repDone
 		h.snap.release()
 		h.snap = nil
 	}
@@ -196,6 +204,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	ans, mapped := Answer{}, false
 	if h.snap != nil {
 		ans, mapped = h.snap.lookup(addr, uint32(time.Now().Unix()))
+		if mapped {
+			h.counts.add(ans)
+		}
 	}
 	if !mapped {
 		var err error

@@ -56,6 +56,19 @@ async fn module_answers_from_the_segments_and_falls_back() {
         before,
         "the module asked the socket instead of reading the segments"
     );
+    // The module reports what it answered (batches over the socket, every second):
+    // the usage metrics count those requests, and the refusals by origin.
+    support::wait_for("the module's report", 10, || {
+        let t = app.decider.usage().totals();
+        let banned: u64 = t
+            .dropped
+            .iter()
+            .filter(|((_, r), _)| r == "ban")
+            .map(|(_, n)| n)
+            .sum();
+        t.processed >= 100 && banned >= 50
+    })
+    .await;
     // The ban page escapes the reason.
     let page = banned.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(
