@@ -139,46 +139,31 @@ impl<'a> Segment<'a> {
     }
 
     fn exact4(&self, key: u32) -> Exact {
-        let (off, slots) = self.sec[SEC_V4];
-        if slots == 0 {
-            return Exact::Absent;
-        }
         let seed = self.u64_at(32);
-        let mask = slots - 1;
-        let mut i = hash4(key, seed) as usize & mask;
-        for _ in 0..slots {
-            let at = off + i * 8;
-            let val = self.u32_at(at + 4);
-            if val == EMPTY {
-                return Exact::Absent;
-            }
-            if self.u32_at(at) == key {
-                return if val == TOMBSTONE {
-                    Exact::Tombstone
-                } else {
-                    Exact::List(val)
-                };
-            }
-            i = (i + 1) & mask;
-        }
-        Exact::Absent
+        self.probe(SEC_V4, hash4(key, seed), 4, |at| self.u32_at(at) == key)
     }
 
     fn exact6(&self, key: u128) -> Exact {
-        let (off, slots) = self.sec[SEC_V6];
+        let seed = self.u64_at(32);
+        self.probe(SEC_V6, hash6(key, seed), 16, |at| self.u128_at(at) == key)
+    }
+
+    /// Linear probing from `hash` in table `sec` (SNAPSHOT.md section 3): `val` sits at
+    /// `val_at` in each slot, `is_key(slot offset)` compares the key.
+    fn probe(&self, sec: usize, hash: u64, val_at: usize, is_key: impl Fn(usize) -> bool) -> Exact {
+        let (off, slots) = self.sec[sec];
         if slots == 0 {
             return Exact::Absent;
         }
-        let seed = self.u64_at(32);
         let mask = slots - 1;
-        let mut i = hash6(key, seed) as usize & mask;
+        let mut i = hash as usize & mask;
         for _ in 0..slots {
-            let at = off + i * 24;
-            let val = self.u32_at(at + 16);
+            let at = off + i * RECORD[sec];
+            let val = self.u32_at(at + val_at);
             if val == EMPTY {
                 return Exact::Absent;
             }
-            if self.u128_at(at) == key {
+            if is_key(at) {
                 return if val == TOMBSTONE {
                     Exact::Tombstone
                 } else {
