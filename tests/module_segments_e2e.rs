@@ -132,3 +132,23 @@ async fn module_answers_from_the_segments_and_falls_back() {
     }
     app.stop().await;
 }
+
+/// A snapshot directory that cannot be made does not stop the daemon: it logs why and
+/// the socket serves as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_snapshot_dir_is_logged_not_fatal() {
+    let logs = support::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let mut config = support::config(dir.path(), None, None);
+    config.snapshot_dir = cerberus::config::SnapshotDir::Path(file.join("snapshot"));
+    let app = cerberus::app::start(config).await.unwrap();
+    assert!(app.socket_addr.is_some(), "the socket door still listens");
+    assert!(
+        logs.text().contains("snapshot segments are off"),
+        "{}",
+        logs.text()
+    );
+    app.stop().await;
+}
