@@ -224,3 +224,34 @@ func TestSnapshotReaderStress(t *testing.T) {
 	}
 	t.Logf("%d lookups over 300 switches", lookups.Load())
 }
+
+// Handlers of one process share one reader per directory: a config reload provisions
+// the new handler (same mapping, nothing mapped again) before the old one's cleanup,
+// and lookups go on through it.
+func TestSnapshotReaderSharedAcrossReloads(t *testing.T) {
+	d := newSegDir(t)
+	d.point(1, 2, time.Now().Unix())
+	now, withOverlay := loadCase(t, "base and overlay")
+	old := acquireSnapshot(d.dir, zap.NewNop())
+	set := old.cur.Load()
+	if set == nil {
+		t.Fatal("nothing mapped")
+	}
+	reloaded := acquireSnapshot(d.dir, zap.NewNop())
+	if reloaded != old || reloaded.cur.Load() != set {
+		t.Fatal("a second handler mapped the directory again")
+	}
+	old.release()
+	for a, want := range withOverlay {
+		if got, ok := reloaded.lookup(a, now); !ok || got != want {
+			t.Fatalf("%s after the old handler's cleanup: %+v %v, want %+v", a, got, ok, want)
+		}
+	}
+	reloaded.release()
+	readersMu.Lock()
+	left := len(readers)
+	readersMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d readers left after the last release", left)
+	}
+}
