@@ -25,6 +25,9 @@ func init() {
 //		timeout     <duration>        # default 20ms
 //		fail        open|closed       # default open
 //		connections <n>               # default 4
+//		errors                        # refusals become Caddy HTTP errors
+//		ban_template <file>           # html/template page of a refusal
+//		snapshot_dir <dir>|off        # default: the socket's directory + /snapshot
 //	}
 //
 // Every subdirective is optional; `cerberus` alone uses the defaults.
@@ -35,6 +38,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		sub := d.Val()
+		if sub == "errors" {
+			if d.NextArg() {
+				return d.Errf("errors takes no argument")
+			}
+			h.Errors = true
+			continue
+		}
 		var arg string
 		if !d.Args(&arg) {
 			return d.ArgErr()
@@ -59,6 +69,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("fail must be open or closed, got %q", arg)
 			}
 			h.Fail = arg
+		case "ban_template":
+			h.BanTemplate = arg
+		case "snapshot_dir":
+			h.SnapshotDir = arg
 		case "connections":
 			n, err := strconv.Atoi(arg)
 			if err != nil || n < 1 {

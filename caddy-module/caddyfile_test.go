@@ -39,6 +39,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			connections 8
 		}`, Handler{Socket: "/var/lib/cerberus/cerberus.sock", Timeout: caddy.Duration(50 * time.Millisecond), Fail: "closed", Connections: 8}},
 		{"fail open", "cerberus {\nfail open\n}", Handler{Fail: "open"}},
+		{"errors and ban_template", "cerberus {\nerrors\nban_template /etc/caddy/ban.html\n}", Handler{Errors: true, BanTemplate: "/etc/caddy/ban.html"}},
 		{"timeout in seconds", "cerberus {\ntimeout 1s\n}", Handler{Timeout: caddy.Duration(time.Second)}},
 	}
 	for _, tt := range tests {
@@ -47,7 +48,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input)); err != nil {
 				t.Fatalf("unexpected error: %v", err)
 			}
-			if h.Socket != tt.want.Socket || h.Timeout != tt.want.Timeout || h.Fail != tt.want.Fail || h.Connections != tt.want.Connections {
+			if h.Socket != tt.want.Socket || h.Timeout != tt.want.Timeout || h.Fail != tt.want.Fail || h.Connections != tt.want.Connections ||
+				h.Errors != tt.want.Errors || h.BanTemplate != tt.want.BanTemplate {
 				t.Errorf("got %+v, want %+v", h, tt.want)
 			}
 		})
@@ -70,6 +72,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"bad fail", "cerberus {\nfail sometimes\n}", `fail must be open or closed, got "sometimes"`},
 		{"fail without value", "cerberus {\nfail\n}", "wrong argument count"},
 		{"connections zero", "cerberus {\nconnections 0\n}", "connections must be a positive integer"},
+		{"errors with an argument", "cerberus {\nerrors yes\n}", "errors takes no argument"},
+		{"ban_template without path", "cerberus {\nban_template\n}", "wrong argument count"},
 		{"connections not a number", "cerberus {\nconnections many\n}", "connections must be a positive integer"},
 	}
 	for _, tt := range tests {

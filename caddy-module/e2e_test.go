@@ -45,6 +45,7 @@ http:// {
 	cerberus {
 		socket ` + daemonSock + `
 		fail closed
+		errors
 	}
 	handle /app/* {
 		respond "app"

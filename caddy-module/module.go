@@ -6,9 +6,11 @@ package cerberus
 import (
 	"errors"
 	"fmt"
+	"html/template"
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -43,12 +45,15 @@ const failLogEvery = 10 * time.Second
 //
 //   - allow: the next handler runs.
 //   - ban, and `other` (a decision type the daemon does not map; treated as ban, as
-//     CrowdSec's bouncers do with their default fallback remediation): a Caddy HTTP
-//     error with status 403, which `handle_errors` can render.
+//     CrowdSec's bouncers do with their default fallback remediation): status 403.
 //   - captcha: answered as ban (403) until captcha support exists; the placeholder
 //     `{http.cerberus.remediation}` still says `captcha`.
-//   - throttle: an HTTP error with status 429 and a `Retry-After` header (seconds
-//     until the decision expires, at least 1).
+//   - throttle: status 429 with a `Retry-After` header (seconds until the decision
+//     expires, at least 1).
+//
+// Refusals are answered by the handler itself with the built-in page (or the
+// `ban_template`), no error log per request; with `errors` they are Caddy HTTP
+// errors instead, which `handle_errors` can render.
 //
 // In every case the handler sets the placeholders `{http.cerberus.remediation}`
 // (allow, ban, captcha, throttle, other, or `unavailable` when the daemon did not
@@ -84,9 +89,31 @@ type Handler struct {
 	// connection carries many concurrent lookups. Default: 4.
 	Connections int `json:"connections,omitempty"`
 
+	// Errors makes refusals (403, 429, fail-closed 503) Caddy HTTP errors, for
+	// `handle_errors` to render. Default: false, the handler answers them itself
+	// with the ban page.
+	Errors bool `json:"errors,omitempty"`
+
+	// SnapshotDir is the daemon's snapshot segment directory (its `snapshot_dir`),
+	// mapped read-only so that lookups need no socket round trip; "off": socket
+	// only. Default: the socket's directory + "/snapshot". When the segments cannot
+	// be mapped (missing, other mount namespace, permission, daemon gone) lookups use
+	// the socket, and a log line says why.
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+
+	// BanTemplate is the path of an html/template file used as the page of a
+	// refusal instead of the built-in one (fields: see PageData). Values are
+	// escaped by html/template; never mark LAPI data (Origin, Scenario) as safe.
+	BanTemplate string `json:"ban_template,omitempty"`
+
 	client  *Client
 	logger  *zap.Logger
 	failLog *rateLimitedLog
+	page    *template.Template
+	snap    *snapReader
+	counts  *reportCounts
+	stopRep chan struct{}
+	repDone chan struct{}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -117,7 +144,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.failLog = &rateLimitedLog{logger: h.logger, every: failLogEvery}
+	page, err := loadTemplate(h.BanTemplate)
+	if err != nil {
+		return err
+	}
+	h.page = page
 	h.client = NewClient(h.Socket, h.Connections, time.Duration(h.Timeout))
+	if h.SnapshotDir == "" {
+		h.SnapshotDir = filepath.Join(filepath.Dir(h.Socket), "snapshot")
+	}
+	if h.SnapshotDir != "off" {
+		h.snap = acquireSnapshot(h.SnapshotDir, h.logger)
+		h.counts = newReportCounts()
+		h.stopRep, h.repDone = make(chan struct{}), make(chan struct{})
+		go runReporter(h.client, h.counts, h.logger, h.stopRep, h.repDone)
+	}
 	return nil
 }
 
@@ -137,6 +178,12 @@ func (h *Handler) Validate() error {
 
 // Cleanup closes the connections. It works whatever Provision did.
 func (h *Handler) Cleanup() error {
+	if h.snap != nil {
+		close(h.stopRep) // one last report, then the connections close below
+		<-h.repDone
+		h.snap.release()
+		h.snap = nil
+	}
 	if h.client != nil {
 		return h.client.Close()
 	}
@@ -154,12 +201,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return h.failure(w, r, next, repl, "no_client_ip", fmt.Errorf("no client IP address in %q", r.RemoteAddr))
 	}
-	ans, err := h.client.Lookup(r.Context(), addr)
-	if err != nil {
-		return h.failure(w, r, next, repl, failureReason(err), err)
+	ans, mapped := Answer{}, false
+	if h.snap != nil {
+		ans, mapped = h.snap.lookup(addr, uint32(time.Now().Unix()))
+		if mapped {
+			h.counts.add(ans)
+		}
 	}
-	if ans.Status == StatusNotReady {
-		return h.failure(w, r, next, repl, "not_ready", errors.New("daemon has no decision set yet"))
+	if !mapped {
+		var err error
+		ans, err = h.client.Lookup(r.Context(), addr)
+		if err != nil {
+			return h.failure(w, r, next, repl, failureReason(err), err)
+		}
+		if ans.Status == StatusNotReady {
+			return h.failure(w, r, next, repl, "not_ready", errors.New("daemon has no decision set yet"))
+		}
 	}
 
 	repl.Set("http.cerberus.remediation", ans.Remediation.String())
@@ -169,18 +226,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("http.cerberus.expires_in_s", strconv.FormatUint(uint64(ans.ExpiresInS), 10))
 	verdicts.WithLabelValues(ans.Remediation.String()).Inc()
 
-	switch ans.Remediation {
-	case Allow:
+	if ans.Remediation == Allow {
 		return next.ServeHTTP(w, r)
-	case Throttle:
-		retry := max(ans.ExpiresInS, 1)
-		w.Header().Set("Retry-After", strconv.FormatUint(uint64(retry), 10))
-		return caddyhttp.Error(http.StatusTooManyRequests,
-			fmt.Errorf("cerberus: %s throttled by %s (%s)", addr, ans.Origin, ans.Scenario))
-	default: // ban, captcha (no captcha support yet), other
-		return caddyhttp.Error(http.StatusForbidden,
-			fmt.Errorf("cerberus: %s: %s by %s (%s)", addr, ans.Remediation, ans.Origin, ans.Scenario))
 	}
+	d := PageData{Status: http.StatusForbidden, Title: "Access denied", IP: addr.String(),
+		Remediation: ans.Remediation.String(), Origin: ans.Origin, Scenario: ans.Scenario,
+		Type: ans.Type, RetryAfter: ans.ExpiresInS}
+	if ans.Remediation == Throttle {
+		d.Status, d.Title = http.StatusTooManyRequests, "Too many requests"
+	}
+	// ban, captcha (no captcha support yet), other: 403. The error (for `errors`)
+	// is built only when it is used.
+	var cause error
+	if h.Errors {
+		cause = fmt.Errorf("cerberus: %s: %s by %s (%s)", addr, ans.Remediation, ans.Origin, ans.Scenario)
+	}
+	return h.refuse(w, d, cause)
 }
 
 // failure applies the fail policy to a request the daemon gave no usable answer for.
@@ -194,7 +255,8 @@ func (h *Handler) failure(w http.ResponseWriter, r *http.Request, next caddyhttp
 	failures.WithLabelValues(reason).Inc()
 	h.failLog.record(reason, h.Fail, err)
 	if h.Fail == FailClosed {
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("cerberus: fail closed: %w", err))
+		return h.refuse(w, PageData{Status: http.StatusServiceUnavailable, Title: "Service unavailable",
+			Remediation: "unavailable"}, fmt.Errorf("cerberus: fail closed: %w", err))
 	}
 	return next.ServeHTTP(w, r)
 }

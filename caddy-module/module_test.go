@@ -38,6 +38,7 @@ type outcome struct {
 	status     int // the HandlerError's status, 0 when no error
 	err        error
 	header     http.Header
+	body       string
 	repl       *caddy.Replacer
 }
 
@@ -74,6 +75,10 @@ func serve(t *testing.T, h *Handler, clientIP, remoteAddr string) outcome {
 	o.err = h.ServeHTTP(rec, req, next)
 	o.header = rec.Header()
 	var he caddyhttp.HandlerError
+	o.body = rec.Body.String()
+	if o.err == nil && !o.nextCalled {
+		o.status = rec.Code // answered directly by the handler
+	}
 	if errors.As(o.err, &he) {
 		o.status = he.StatusCode
 	} else if o.err != nil {

@@ -220,6 +220,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             idle_timeout: config.socket_idle_timeout,
         })?;
         threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
+        if let Some(dir) = config.snapshot_path() {
+            let settings = crate::serve::segments::SegmentSettings::new(dir, &config.socket);
+            let decider = decider.clone();
+            // Not fatal: without segments the module asks the socket, as before.
+            match crate::serve::segments::spawn(settings, decider, ready.clone(), shutdown_rx.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => tracing::warn!(
+                    "snapshot segments are off: {e:#}; the Caddy module will ask the socket (set snapshot_dir, or `off` to silence this)"
+                ),
+            }
+        }
         let socket_addr = format!("unix:{}", config.socket.display());
         info!("listening for Caddy module lookups on {socket_addr}");
         let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?;

@@ -46,6 +46,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("socket_mode", Kind::Str),
     ("socket_max_connections", Kind::Int),
     ("socket_idle_timeout", Kind::Str),
+    ("snapshot_dir", Kind::Str),
     ("forward_auth_listen", Kind::Str),
     ("forward_auth_max_connections", Kind::Int),
     ("admin_max_connections", Kind::Int),
@@ -225,6 +226,9 @@ pub struct Config {
     /// A socket connection with nothing outstanding for this long is closed. Default 60s
     /// (the protocol promises clients at least 60s).
     pub socket_idle_timeout: Duration,
+    /// Where the snapshot segments for the Caddy module go (`bouncer-api/SNAPSHOT.md`);
+    /// see [`Config::snapshot_path`].
+    pub snapshot_dir: SnapshotDir,
     /// Default `127.0.0.1:7420`.
     pub forward_auth_listen: Listen,
     /// Default `127.0.0.1:8088`.
@@ -302,6 +306,7 @@ impl Default for Config {
             machine_id: None,
             machine_password: None,
             socket: data_dir.join("cerberus.sock"),
+            snapshot_dir: SnapshotDir::NextToSocket,
             data_dir,
             socket_mode: 0o660,
             socket_max_connections: 1024,
@@ -715,6 +720,13 @@ impl Reader {
         c.socket = self
             .path("socket")
             .unwrap_or_else(|| c.data_dir.join("cerberus.sock"));
+        match self.string("snapshot_dir") {
+            Some(v) if v == "off" => c.snapshot_dir = SnapshotDir::Off,
+            Some(_) => {
+                c.snapshot_dir = SnapshotDir::Path(self.path("snapshot_dir").unwrap_or_default())
+            }
+            None => {}
+        }
         if let Some(mode) = self.string("socket_mode") {
             match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
                 Ok(m) if m <= 0o777 => c.socket_mode = m,
@@ -1081,12 +1093,52 @@ pub fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// Where the snapshot segments go: `snapshot_dir: PATH`, `off`, or (default) the
+/// socket's directory + `/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SnapshotDir {
+    #[default]
+    NextToSocket,
+    Path(PathBuf),
+    Off,
+}
+
+impl Config {
+    /// The snapshot segment directory, None when switched off.
+    pub fn snapshot_path(&self) -> Option<PathBuf> {
+        match &self.snapshot_dir {
+            SnapshotDir::Off => None,
+            SnapshotDir::Path(p) => Some(p.clone()),
+            SnapshotDir::NextToSocket => Some(
+                self.socket
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("snapshot"),
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(yaml: &str) -> Result<Config, Vec<Problem>> {
         Reader::new(parse_yaml(yaml).unwrap()).finish(&[])
+    }
+
+    #[test]
+    fn snapshot_dir_follows_the_socket_unless_set() {
+        let c = load("socket: /tmp/cerberus.sock\n").unwrap();
+        assert_eq!(c.snapshot_path(), Some(PathBuf::from("/tmp/snapshot")));
+        let c = load("snapshot_dir: /dev/shm/cerberus\n").unwrap();
+        assert_eq!(c.snapshot_path(), Some(PathBuf::from("/dev/shm/cerberus")));
+        assert_eq!(load("snapshot_dir: off\n").unwrap().snapshot_path(), None);
+        let c = Config {
+            socket: PathBuf::from("/tmp/x/cerberus.sock"),
+            ..Config::default()
+        };
+        assert_eq!(c.snapshot_path(), Some(PathBuf::from("/tmp/x/snapshot")));
     }
 
     #[test]

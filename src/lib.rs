@@ -6,8 +6,9 @@
 //! - [`store`]: the snapshot that lookups read (no I/O), its writer, and the decider.
 //! - [`lapi`]: the LAPI client (streaming parse) and the sync loop.
 //! - [`persist`]: SQLite in `data_dir`: decisions, settings, local overrides.
-//! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`)
-//!   and the HTTP endpoint for Caddy's `forward_auth`.
+//! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`),
+//!   the HTTP endpoint for Caddy's `forward_auth`, and the snapshot segments the Caddy
+//!   module maps (`serve::segments`, layout in `bouncer-api/SNAPSHOT.md`).
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.

@@ -75,18 +75,29 @@ impl Usage {
     /// One request looked up by a door (allowed, bypassed or blocked).
     #[inline]
     pub fn add_processed(&self) {
-        self.processed.fetch_add(1, Ordering::Relaxed);
+        self.add_processed_n(1);
+    }
+
+    /// `n` requests looked up (reported in a batch by the Caddy module).
+    #[inline]
+    pub fn add_processed_n(&self, n: u64) {
+        self.processed.fetch_add(n, Ordering::Relaxed);
     }
 
     /// One request blocked by a decision of `origin` (and `scenario`, which names the
     /// list when `origin` is `lists`) whose type is `remediation`.
     pub fn add_dropped(&self, origin: &str, scenario: &str, remediation: &str) {
+        self.add_dropped_n(origin, scenario, remediation, 1);
+    }
+
+    /// `n` requests blocked alike (reported in a batch by the Caddy module).
+    pub fn add_dropped_n(&self, origin: &str, scenario: &str, remediation: &str, n: u64) {
         let mut list = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = list
             .iter_mut()
             .find(|e| e.is(origin, scenario, remediation))
         {
-            e.count += 1;
+            e.count += n;
             return;
         }
         let (origin, remediation) = if list.len() >= MAX_DROPPED_KEYS {
@@ -98,11 +109,11 @@ impl Usage {
             .iter_mut()
             .find(|e| *e.origin == *origin && &*e.remediation == remediation)
         {
-            Some(e) => e.count += 1,
+            Some(e) => e.count += n,
             None => list.push(Dropped {
                 origin: origin.into(),
                 remediation: remediation.into(),
-                count: 1,
+                count: n,
             }),
         }
     }

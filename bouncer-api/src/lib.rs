@@ -34,6 +34,8 @@ pub mod blocking;
 pub mod client;
 pub mod codec;
 mod error;
+pub mod report;
+pub mod segment;
 
 pub use blocking::{BlockingClient, BlockingConfig};
 pub use client::{Client, ClientConfig};

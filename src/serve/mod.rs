@@ -5,6 +5,7 @@
 pub mod fds;
 pub mod forward_auth;
 pub mod http;
+pub mod segments;
 pub mod socket;
 mod stall;
 

@@ -245,6 +245,8 @@ async fn refuse(mut stream: UnixStream) {
 struct Meters {
     by_remediation: [metrics::Counter; REMEDIATION_LABELS.len()],
     duration: metrics::Histogram,
+    /// Lookups the module answered from the mapped segments and reported.
+    reported: [metrics::Counter; REMEDIATION_LABELS.len()],
 }
 
 impl Meters {
@@ -253,6 +255,9 @@ impl Meters {
             by_remediation: REMEDIATION_LABELS
                 .map(|r| metrics::counter!(names::LOOKUPS, "door" => door, "remediation" => r)),
             duration: metrics::histogram!(names::LOOKUP_DURATION, "door" => door),
+            reported: REMEDIATION_LABELS.map(
+                |r| metrics::counter!(names::LOOKUPS, "door" => "segments", "remediation" => r),
+            ),
         }
     }
 }
@@ -329,6 +334,21 @@ impl Connection {
         let now = clock::now_secs();
         let ready = self.ready.get();
         loop {
+            if let Some(frame) = bouncer_api::report::take_report(input) {
+                match bouncer_api::report::parse_report(&frame) {
+                    Ok((id, entries)) => {
+                        count_reported(self.decider.usage(), &entries, meters);
+                        encode_response(&Response::<&str>::Pong { id }, output);
+                        continue;
+                    }
+                    Err(e) => {
+                        metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
+                        debug!("socket: malformed report ({e}); closing the connection");
+                        encode_response(&e.error_response(), output);
+                        return true;
+                    }
+                }
+            }
             match decode_request(input) {
                 Ok(Some(Request::Lookup { id, addr })) => {
                     let started = Instant::now();
@@ -353,6 +373,34 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// Counts a module's report (lookups it answered from the segments) as the socket's own
+/// lookups are counted: usage (processed, and dropped by origin) and Prometheus.
+fn count_reported(
+    usage: &crate::usage::Usage,
+    entries: &[bouncer_api::report::ReportEntry<'_>],
+    meters: &Meters,
+) {
+    use bouncer_api::Remediation as R;
+    for e in entries {
+        let n = u64::from(e.count);
+        usage.add_processed_n(n);
+        let label = if e.flags & bouncer_api::Flags::BYPASSED.bits() != 0 {
+            super::BYPASSED
+        } else {
+            if e.remediation != R::Allow {
+                let origin = if e.flags & bouncer_api::Flags::FAIL_CLOSED.bits() != 0 {
+                    crate::usage::FAIL_CLOSED_ORIGIN
+                } else {
+                    e.origin
+                };
+                usage.add_dropped_n(origin, e.scenario, e.type_name, n);
+            }
+            e.remediation as usize
+        };
+        meters.reported[label].increment(n);
     }
 }
 

@@ -6,6 +6,8 @@
 //! and those of every range containing it), the strongest remediation wins
 //! (`ban > captcha > throttle > other`), and among equals the one that expires last.
 
+mod export;
+pub use export::IpKey;
 mod ranges;
 mod table;
 
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use table::{Fold, Key, Table};
 
 type Map<K, V> = HashMap<K, V, RandomState>;
@@ -270,11 +272,23 @@ pub struct Writer {
     ranges: BTreeMap<(Target, i64), Verdict>,
     ranges_dirty: bool,
     meta_ids: HashMap<Meta, u32>,
-    published: Arc<ArcSwap<Snapshot>>,
+    published: Arc<Published>,
 }
 
+/// Where snapshots are published, and the hook called after each publish (the segment
+/// writer's wake-up), once set. Shared by a decider and all its writers.
+#[derive(Default)]
+pub struct Published {
+    snapshot: ArcSwap<Snapshot>,
+    hook: OnceLock<PublishHook>,
+}
+
+/// What [`Decider::on_publish`] registers: called on the publishing thread, so it must
+/// only signal (never block or do the work itself).
+pub type PublishHook = Box<dyn Fn() + Send + Sync>;
+
 impl Writer {
-    pub fn new(published: Arc<ArcSwap<Snapshot>>) -> Writer {
+    pub fn new(published: Arc<Published>) -> Writer {
         Writer {
             next: Snapshot::default(),
             fold4: None,
@@ -421,9 +435,12 @@ impl Writer {
         self.next.v6.maintain(&mut self.fold6);
         // Strictly above whatever was published last, also when another writer (the one
         // commands used while a full pull built this one) published meanwhile.
-        self.next.generation = self.next.generation.max(self.published.load().generation) + 1;
+        self.next.generation = self.next.generation.max(self.published.snapshot.load().generation) + 1;
         let snap = Arc::new(self.next.clone());
-        self.published.store(snap.clone());
+        self.published.snapshot.store(snap.clone());
+        if let Some(hook) = self.published.hook.get() {
+            hook();
+        }
         snap
     }
 }
@@ -607,7 +624,7 @@ impl Answer {
 /// The hot path's entry: the published snapshot, the protection switch and the outage
 /// policy. Every read is lock-free.
 pub struct Decider {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: Arc<Published>,
     enabled: AtomicBool,
     /// 0: normal, 1: fail open, 2: fail closed (set by the sync loop when LAPI is stale).
     outage: AtomicU8,
@@ -629,7 +646,7 @@ impl Default for Decider {
 impl Decider {
     pub fn new() -> Decider {
         Decider {
-            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            snapshot: Arc::default(),
             enabled: AtomicBool::new(true),
             outage: AtomicU8::new(0),
             lookups: AtomicU64::new(0),
@@ -654,8 +671,14 @@ impl Decider {
         Writer::new(self.snapshot.clone())
     }
 
+    /// Registers the one hook called after every publish of this decider's writers
+    /// (also of writers made before). Returns false when one is already set.
+    pub fn on_publish(&self, hook: PublishHook) -> bool {
+        self.snapshot.hook.set(hook).is_ok()
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.snapshot.snapshot.load_full()
     }
 
     pub fn set_enabled(&self, on: bool) {
@@ -707,7 +730,7 @@ impl Decider {
             2 => return f(Source::FailClosed, None),
             _ => {}
         }
-        let snap = self.snapshot.load();
+        let snap = self.snapshot.snapshot.load();
         match snap.lookup(ip, now) {
             Some(hit) => f(Source::Decision, Some(hit)),
             None => f(Source::None, None),

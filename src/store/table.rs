@@ -55,6 +55,16 @@ impl<K: Key> Table<K> {
         self.len
     }
 
+    /// The shared base map (for the segment export: its identity tells a new base).
+    pub(super) fn base(&self) -> &Arc<Map<K, Verdict>> {
+        &self.base
+    }
+
+    /// The changes over the base: a new value, or `None` for a removed key.
+    pub(super) fn overlay(&self) -> &Map<K, Option<Verdict>> {
+        &self.overlay
+    }
+
     #[inline]
     pub fn get(&self, k: K) -> Option<&Verdict> {
         if !self.overlay.is_empty() {

@@ -1,0 +1,114 @@
+package cerberus
+
+// Refusals answered by the handler itself: the built-in ban page (or the operator's
+// ban_template), 429 with Retry-After, 503 for fail closed. With `errors` they become
+// Caddy HTTP errors instead, for handle_errors.
+
+import (
+	"bytes"
+	"fmt"
+	"html/template"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// builtinPage is the page of a refusal. It is an html/template: every value is
+// escaped for its HTML context, and the origin and scenario come from LAPI (free-form
+// reasons, any watcher's alerts), so they must never reach the page raw.
+const builtinPage = `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{{.Title}}</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; }
+.small { color: #666; font-size: 0.9em; }
+</style>
+</head>
+<body>
+<h1>{{.Title}}</h1>
+{{if eq .Status 503}}<p>This site's security filter cannot answer right now. Please try again later.</p>
+{{else}}<p>Requests from your address ({{.IP}}) are {{if eq .Status 429}}limited{{else}}blocked{{end}} by this site's security policy.</p>
+<p>If you think this is a mistake, contact the site's administrator and quote the details below.</p>
+<p class="small">Remediation: {{.Remediation}}{{if .Scenario}} &middot; Reason: {{.Scenario}}{{end}}</p>
+{{end}}
+</body>
+</html>
+`
+
+// PageData is what a ban page template sees. Title, IP and Remediation are set by the
+// module; Origin, Scenario and Type come from the deciding decision (LAPI data).
+type PageData struct {
+	Status      int
+	Title       string
+	IP          string
+	Remediation string
+	Origin      string
+	Scenario    string
+	Type        string
+	RetryAfter  uint32
+}
+
+var defaultPage = template.Must(template.New("ban").Parse(builtinPage))
+
+// loadTemplate parses the operator's ban template (an html/template file, so its
+// values are escaped too), or returns the built-in page for an empty path.
+func loadTemplate(path string) (*template.Template, error) {
+	if path == "" {
+		return defaultPage, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cerberus: ban_template: %w", err)
+	}
+	t, err := template.New("ban").Parse(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("cerberus: ban_template %s: %w", path, err)
+	}
+	return t, nil
+}
+
+var pageBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// refuse answers a refused request: directly (default) or as a Caddy HTTP error
+// (`errors`). The placeholders are set by the caller before.
+func (h *Handler) refuse(w http.ResponseWriter, d PageData, cause error) error {
+	if d.Status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", strconv.FormatUint(uint64(max(d.RetryAfter, 1)), 10))
+	}
+	if h.Errors {
+		return caddyhttp.Error(d.Status, cause)
+	}
+	if d.Title == "" {
+		d.Title = http.StatusText(d.Status)
+	}
+	buf := pageBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer pageBuffers.Put(buf)
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Cerberus-Remediation", d.Remediation)
+	if err := h.page.Execute(buf, d); err != nil {
+		// A template that fails on some data: the status still goes out, the page
+		// does not; counted and logged (rate limited) so the operator sees it.
+		failures.WithLabelValues("template").Inc()
+		h.failLog.record("template", h.Fail, err)
+		hdr.Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(d.Status)
+		_, _ = w.Write([]byte(http.StatusText(d.Status) + "\n"))
+		return nil
+	}
+	hdr.Set("Content-Type", "text/html; charset=utf-8")
+	hdr.Set("Content-Length", strconv.Itoa(buf.Len()))
+	w.WriteHeader(d.Status)
+	// A failed write means the client went away; Caddy has nothing left to answer.
+	_, _ = w.Write(buf.Bytes())
+	return nil
+}
