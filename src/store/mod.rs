@@ -435,7 +435,11 @@ impl Writer {
         self.next.v6.maintain(&mut self.fold6);
         // Strictly above whatever was published last, also when another writer (the one
         // commands used while a full pull built this one) published meanwhile.
-        self.next.generation = self.next.generation.max(self.published.snapshot.load().generation) + 1;
+        self.next.generation = self
+            .next
+            .generation
+            .max(self.published.snapshot.load().generation)
+            + 1;
         let snap = Arc::new(self.next.clone());
         self.published.snapshot.store(snap.clone());
         if let Some(hook) = self.published.hook.get() {
