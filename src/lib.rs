@@ -11,6 +11,8 @@
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
+//! - [`web`]: the web console on the admin listener at `/`; its pages call [`admin`]'s
+//!   handlers.
 //! - [`engine`]: the managed CrowdSec engine: its process (run, watch, restart, stop) and
 //!   hub presets (browse, install, remove).
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
@@ -34,3 +36,4 @@ pub mod persist;
 pub mod serve;
 pub mod store;
 pub mod usage;
+pub mod web;

@@ -11,10 +11,11 @@
 //! The routes are listed once in [`ROUTES`]; the OpenAPI document (`docs/admin-api.yaml`)
 //! is checked against them and against the running server by a test.
 
-mod console;
-mod decisions;
-mod diagnostics;
-mod hub;
+// The web console (`crate::web`) calls these same functions.
+pub(crate) mod console;
+pub(crate) mod decisions;
+pub(crate) mod diagnostics;
+pub(crate) mod hub;
 
 use crate::config::Config;
 use crate::control::Control;
@@ -139,6 +140,16 @@ impl Admin {
     /// The LAPI client of the moment (none in standalone mode, or while the engine is off).
     pub fn lapi(&self) -> Option<LapiClient> {
         self.upstream.borrow().client.clone()
+    }
+
+    /// Whether `given` is the admin token (compared in constant time; a wrong one is
+    /// counted in `cerberus_admin_auth_failures_total`). For the web console's sign-in.
+    pub fn token_matches(&self, given: &str) -> bool {
+        let ok = !self.token.is_empty() && same(given.trim().as_bytes(), self.token.as_bytes());
+        if !ok {
+            metrics::counter!(crate::metrics::ADMIN_AUTH_FAILURES).increment(1);
+        }
+        ok
     }
 
     /// The LAPI watcher of the moment (none without machine credentials).
@@ -365,7 +376,8 @@ pub(crate) fn only_fields(body: &Value, known: &[&str]) -> Result<(), ApiError> 
     Ok(())
 }
 
-async fn handle(admin: &Admin, req: Request<hyper::body::Incoming>) -> Reply {
+/// Answers one request to the admin listener's API routes.
+pub async fn handle(admin: &Admin, req: Request<hyper::body::Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let reply = route(admin, req, &method, &path).await;
@@ -518,7 +530,7 @@ fn metrics_text(admin: &Admin) -> Reply {
     }
 }
 
-fn toggle(admin: &Admin, on: bool) -> Reply {
+pub(crate) fn toggle(admin: &Admin, on: bool) -> Reply {
     let was = admin.decider.enabled();
     admin.decider.set_enabled(on);
     admin
