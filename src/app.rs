@@ -226,6 +226,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         state.engine = engine.clone();
         state.console = console.clone();
+        if let Some(path) = &config.geoip_database {
+            let geo = crate::geoip::GeoIp::open(path)?;
+            info!(
+                "countries of decisions from {} ({})",
+                path.display(),
+                geo.kind()
+            );
+            state.geoip = Some(Arc::new(geo));
+        }
         let adm = crate::web::start(Arc::new(state), shutdown_rx.clone()).await?;
         anyhow::Ok((socket_addr, fa, adm, token))
     };

@@ -47,6 +47,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("admin_token", Kind::Str),
     ("admin_token_file", Kind::Str),
     ("capi_url", Kind::Str),
+    ("geoip_database", Kind::Str),
     ("trusted_proxies", Kind::List),
     ("client_ip_header", Kind::Str),
     ("on_lapi_unreachable", Kind::Str),
@@ -216,6 +217,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The CrowdSec central API, probed by the diagnostics.
     pub capi_url: String,
+    /// A MaxMind-format `.mmdb` giving every listed decision its country (see [`crate::geoip`]).
+    pub geoip_database: Option<PathBuf>,
     pub trusted_proxies: Vec<IpNet>,
     /// Default `X-Forwarded-For`.
     pub client_ip_header: String,
@@ -277,6 +280,7 @@ impl Default for Config {
             admin_listen: Listen::Tcp("127.0.0.1:8088".into()),
             admin_token: None,
             capi_url: "https://api.crowdsec.net".into(),
+            geoip_database: None,
             trusted_proxies: vec![],
             client_ip_header: "X-Forwarded-For".into(),
             on_lapi_unreachable: UnreachablePolicy::Keep,
@@ -711,6 +715,18 @@ impl Reader {
                 self.problem(
                     "capi_url",
                     format!("{url:?} is not an http:// or https:// URL"),
+                );
+            }
+        }
+        c.geoip_database = self.path("geoip_database");
+        if let Some(p) = &c.geoip_database {
+            if !p.is_file() {
+                self.problem(
+                    "geoip_database",
+                    format!(
+                        "{} is not a file (a MaxMind .mmdb such as GeoLite2-Country.mmdb)",
+                        p.display()
+                    ),
                 );
             }
         }

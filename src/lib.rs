@@ -18,6 +18,7 @@
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
 //!   heartbeat poller.
 //! - [`app`]: wires the parts together under one shutdown signal.
+//! - [`geoip`]: countries of decisions from a MaxMind-format database.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod control;
 pub mod decision;
 pub mod duration;
 pub mod engine;
+pub mod geoip;
 pub mod lapi;
 pub mod metrics;
 pub mod persist;

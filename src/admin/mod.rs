@@ -93,6 +93,8 @@ pub struct Admin {
     pub started: Instant,
     /// Console enrollment and heartbeats; `None` without an engine config.
     pub console: Option<Arc<crate::console::Console>>,
+    /// `geoip_database`, when set: the country of every listed decision.
+    pub geoip: Option<Arc<crate::geoip::GeoIp>>,
     token: String,
     countries: decisions::Countries,
 }
@@ -128,6 +130,7 @@ impl Admin {
             socket_addr: None,
             started: Instant::now(),
             console: None,
+            geoip: None,
             token,
             countries: decisions::Countries::default(),
         })

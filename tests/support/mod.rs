@@ -8,6 +8,7 @@ pub mod engine;
 pub mod engine_env;
 pub mod lapi;
 pub mod managed_engine;
+pub mod mmdb;
 pub mod web;
 
 use cerberus::config::{Config, Listen};
