@@ -48,7 +48,10 @@ fn main() {
                 expires_at: expires,
             });
             if batch.len() == 100_000 {
-                app.control.insert(std::mem::take(&mut batch)).await.unwrap();
+                app.control
+                    .insert(std::mem::take(&mut batch))
+                    .await
+                    .unwrap();
             }
         }
         if !batch.is_empty() {

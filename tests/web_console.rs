@@ -256,8 +256,11 @@ async fn switch_ban_and_unban_act_on_the_hot_path() {
             ],
         )
         .await;
-    assert_eq!((a.status, a.location()), (303, Some("/decisions")));
-    let page = web.get("/decisions").await;
+    assert_eq!(
+        (a.status, a.location()),
+        (303, Some("/decisions?ip=192.0.2.20"))
+    );
+    let page = web.get("/decisions?ip=192.0.2.20").await;
     assert!(
         page.body.contains("Banned 192.0.2.20 (ban) for 168h"),
         "{}",

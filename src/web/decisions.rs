@@ -17,10 +17,10 @@ use std::net::IpAddr;
 /// Decisions on one page.
 pub const PAGE: usize = 50;
 const FILTERS: &[(&str, &str)] = &[
-    ("ip", "IP"),
-    ("origin", "Origin"),
-    ("type", "Type"),
-    ("scenario", "Scenario"),
+    ("ip", "Filter by IP"),
+    ("origin", "Filter by origin"),
+    ("type", "Filter by type"),
+    ("scenario", "Filter by scenario"),
 ];
 /// The duration presets of the Ban form.
 pub const PRESETS: &[&str] = &["1h", "4h", "24h", "7d"];
@@ -373,10 +373,16 @@ pub async fn ban(web: &Web, ctx: &Ctx, form: &HashMap<String, String>) -> Reply 
         );
     }
     let value = text(&answer["value"]);
+    // Shown filtered to the new decision: local bans take the lowest ids, so the newest
+    // is not on the first page of a long list.
+    let to = Target::parse(&value)
+        .as_ref()
+        .and_then(probe)
+        .map_or("/decisions".to_string(), |ip| format!("/decisions?ip={ip}"));
     done(
         web,
         ctx,
-        "/decisions",
+        &to,
         true,
         format!(
             "Banned {value} ({}) for {}; expires {}.",

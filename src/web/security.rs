@@ -208,7 +208,8 @@ pub fn harden(headers: &mut HeaderMap) {
     set(headers, "content-security-policy", CSP);
     set(headers, "x-content-type-options", "nosniff");
     set(headers, "x-frame-options", "DENY");
-    set(headers, "referrer-policy", "no-referrer");
+    // Not `no-referrer`: with it Chromium sends `Origin: null` on form posts.
+    set(headers, "referrer-policy", "same-origin");
     set(headers, "cross-origin-opener-policy", "same-origin");
     set(headers, "cross-origin-resource-policy", "same-origin");
     if !headers.contains_key(hyper::header::CACHE_CONTROL) {
