@@ -8,6 +8,7 @@
 #   cargo fmt --check, cargo clippy -D warnings   (skipped with --quick)
 #   cargo test --workspace
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
+#   the web console in chromium                   (scripts/browser-test.sh)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -249,6 +250,20 @@ go_test() {
     return "$rc"
 }
 
+# The web console in Debian's chromium (scripts/browser-test.sh installs chromium and
+# playwright-core); counts the summary lines of node's test runner.
+browser_test() {
+    local log="$LOG_DIR/browser-test.log" rc=0 n
+    bash scripts/browser-test.sh 2>&1 | tee "$log" || rc=$?
+    n=$(sed -nE 's/^(# |ℹ )pass ([0-9]+)$/\2/p' "$log" | tail -1)
+    TESTS_PASSED=$((TESTS_PASSED + ${n:-0}))
+    n=$(sed -nE 's/^(# |ℹ )fail ([0-9]+)$/\2/p' "$log" | tail -1)
+    TESTS_FAILED=$((TESTS_FAILED + ${n:-0}))
+    n=$(sed -nE 's/^(# |ℹ )skipped ([0-9]+)$/\2/p' "$log" | tail -1)
+    TESTS_SKIPPED=$((TESTS_SKIPPED + ${n:-0}))
+    return "$rc"
+}
+
 # --- run -------------------------------------------------------------------------
 
 step "system packages" system_packages
@@ -269,6 +284,7 @@ if [[ -f caddy-module/go.mod ]]; then
 else
     skip "go (caddy-module)" "no caddy-module/go.mod"
 fi
+step "browser tests (web console)" browser_test
 print_summary
 say ""
 say "tests: $TESTS_PASSED passed, $TESTS_FAILED failed, $TESTS_SKIPPED skipped"
