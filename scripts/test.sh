@@ -8,6 +8,7 @@
 #   cargo fmt --check, cargo clippy -D warnings   (skipped with --quick)
 #   cargo test --workspace
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
+#   schemathesis on docs/admin-api.yaml           (scripts/schemathesis.sh)
 #   the web console in chromium                   (scripts/browser-test.sh)
 set -euo pipefail
 
@@ -250,6 +251,16 @@ go_test() {
     return "$rc"
 }
 
+# docs/admin-api.yaml against a live daemon (--checks all); one counted test.
+schemathesis_run() {
+    if bash scripts/schemathesis.sh; then
+        TESTS_PASSED=$((TESTS_PASSED + 1))
+    else
+        TESTS_FAILED=$((TESTS_FAILED + 1))
+        return 1
+    fi
+}
+
 # The web console in Debian's chromium (scripts/browser-test.sh installs chromium and
 # playwright-core); counts the summary lines of node's test runner.
 browser_test() {
@@ -284,6 +295,7 @@ if [[ -f caddy-module/go.mod ]]; then
 else
     skip "go (caddy-module)" "no caddy-module/go.mod"
 fi
+step "schemathesis (docs/admin-api.yaml)" schemathesis_run
 step "browser tests (web console)" browser_test
 print_summary
 say ""
