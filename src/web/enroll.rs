@@ -23,6 +23,8 @@ fn fix(code: &str) -> &'static str {
         "unreachable" => "The central API cannot be reached: open outbound TCP to the host and port shown below, then retry.",
         "unauthorized" => "The central API refused the engine's credentials: check online_api_credentials.yaml of the engine.",
         "busy" => "An enrollment is already running: wait for it to finish.",
+        "server_error" => "The central API failed (5xx): retry in a few minutes.",
+        "engine_config" => "cerberus cannot read the engine's config: check console_engine_config and the file it names.",
         _ => "",
     }
 }
@@ -175,4 +177,25 @@ pub async fn heartbeat(web: &Web, ctx: &Ctx) -> Reply {
         format!("Heartbeat failed: {}", text(&answer["error"]))
     };
     done(web, ctx, "/console", ok, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_failure_the_page_can_meet_has_a_fix() {
+        for code in [
+            "expired_key",
+            "invalid_key",
+            "already_enrolled",
+            "unreachable",
+            "unauthorized",
+            "busy",
+            "server_error",
+            "engine_config",
+        ] {
+            assert!(!super::fix(code).is_empty(), "{code}");
+        }
+        assert!(super::fix("expired_key").contains("fresh key"));
+        assert!(super::fix("already_enrolled").contains("Overwrite"));
+    }
 }

@@ -265,3 +265,51 @@ pub async fn change(web: &Web, ctx: &Ctx, form: &HashMap<String, String>) -> Rep
     };
     page_reply(code, frame("Hub presets", "/hub", &ctx.csrf, None, &body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preset(installed: bool, up_to_date: bool, tainted: bool) -> Value {
+        json!({"name": "crowdsecurity/http-cve", "type": "collections", "version": "2.9",
+            "description": "Detect CVE exploitation in http logs", "installed": installed,
+            "up_to_date": up_to_date, "tainted": tainted, "deprecated": false})
+    }
+
+    #[test]
+    fn badges_and_actions_follow_the_state() {
+        let fresh = item("c", &preset(false, false, false));
+        assert!(fresh.contains(">Install</button>") && !fresh.contains("badge"));
+        let current = item("c", &preset(true, true, false));
+        assert!(current.contains(">installed<") && current.contains(">Remove</button>"));
+        assert!(!current.contains("Upgrade"));
+        let old = item("c", &preset(true, false, false));
+        assert!(old.contains(">update available<") && old.contains(">Upgrade</button>"));
+        let edited = item("c", &preset(true, false, true));
+        assert!(edited.contains(">locally modified<") && !edited.contains("update available"));
+    }
+
+    #[test]
+    fn report_lines_name_items_and_missing_data_files() {
+        let report = json!({
+            "installed": [{"name": "crowdsecurity/http-cve", "type": "collections", "version": "2.9"}],
+            "updated": [{"name": "crowdsecurity/base-http-scenarios", "type": "collections", "from": "0.1", "to": "0.6"}],
+            "data_files_missing": [{"item": "crowdsecurity/http-bad-user-agent", "dest_file": "bad_user_agents.txt"}],
+            "warnings": ["a warning"],
+        });
+        assert_eq!(
+            refs(&report, "installed"),
+            vec!["crowdsecurity/http-cve (collections) 2.9"]
+        );
+        assert_eq!(
+            refs(&report, "updated"),
+            vec!["crowdsecurity/base-http-scenarios (collections) 0.6"]
+        );
+        assert_eq!(
+            refs(&report, "data_files_missing"),
+            vec!["bad_user_agents.txt (for crowdsecurity/http-bad-user-agent)"]
+        );
+        assert_eq!(refs(&report, "warnings"), vec!["a warning"]);
+        assert!(refs(&report, "removed").is_empty());
+    }
+}
