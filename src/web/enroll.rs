@@ -29,6 +29,19 @@ fn fix(code: &str) -> &'static str {
     }
 }
 
+fn shown(ctx: &Ctx, body: &str) -> Reply {
+    page_reply(
+        StatusCode::OK,
+        frame(
+            "Console enrollment",
+            "/console",
+            &ctx.csrf,
+            ctx.flash.as_ref(),
+            body,
+        ),
+    )
+}
+
 pub async fn page(web: &Web, ctx: &Ctx) -> Reply {
     let (status, s) = json_of(api::status(&web.admin)).await;
     if !status.is_success() {
@@ -36,16 +49,7 @@ pub async fn page(web: &Web, ctx: &Ctx) -> Reply {
             r#"<section class="card"><p role="status">{}</p></section>"#,
             esc(&error_text(&s))
         );
-        return page_reply(
-            StatusCode::OK,
-            frame(
-                "Console enrollment",
-                "/console",
-                &ctx.csrf,
-                ctx.flash.as_ref(),
-                &body,
-            ),
-        );
+        return shown(ctx, &body);
     }
     let state = text(&s["state"]);
     let code = text(&s["code"]);
@@ -105,16 +109,7 @@ pub async fn page(web: &Web, ctx: &Ctx) -> Reply {
         name = esc(&name),
         tags = esc(&tags),
     );
-    page_reply(
-        StatusCode::OK,
-        frame(
-            "Console enrollment",
-            "/console",
-            &ctx.csrf,
-            ctx.flash.as_ref(),
-            &body,
-        ),
-    )
+    shown(ctx, &body)
 }
 
 pub async fn enroll(web: &Web, ctx: &Ctx, form: &HashMap<String, String>) -> Reply {

@@ -60,14 +60,7 @@ pub fn frame(title: &str, active: &str, csrf: &str, flash: Option<&Flash>, body:
         )
     });
     format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · cerberus</title>
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
+        r#"{head}<script src="/static/app.js" defer></script>
 </head>
 <body>
 <header>
@@ -83,6 +76,7 @@ pub fn frame(title: &str, active: &str, csrf: &str, flash: Option<&Flash>, body:
 </body>
 </html>
 "#,
+        head = head(title),
         title = esc(title),
         csrf = csrf_field(csrf),
     )
@@ -91,14 +85,7 @@ pub fn frame(title: &str, active: &str, csrf: &str, flash: Option<&Flash>, body:
 /// A page shown without a session (sign-in, refusals).
 pub fn bare(title: &str, body: &str) -> String {
     format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · cerberus</title>
-<link rel="stylesheet" href="/static/app.css">
-</head>
+        r#"{head}</head>
 <body class="bare">
 <main id="main">
 <h1>{title}</h1>
@@ -107,7 +94,23 @@ pub fn bare(title: &str, body: &str) -> String {
 </body>
 </html>
 "#,
+        head = head(title),
         title = esc(title),
+    )
+}
+
+/// The start of every page, up to the stylesheet.
+fn head(title: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{} · cerberus</title>
+<link rel="stylesheet" href="/static/app.css">
+"#,
+        esc(title)
     )
 }
 
