@@ -220,12 +220,13 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             heap.push(Reverse(ById(t, v, m)));
         }
     });
-    let mut page: Vec<Listed> = heap
+    // Only the page itself is turned into owned rows (a deep page skips many).
+    let page: Vec<Listed> = heap
         .into_sorted_vec()
         .into_iter()
+        .skip(f.offset)
         .map(|Reverse(ById(t, v, m))| Listed::new(t, v, m))
         .collect();
-    page = page.into_iter().skip(f.offset).collect();
     let countries = if page.is_empty() {
         None
     } else if let Some(geo) = &admin.geoip {
