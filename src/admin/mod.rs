@@ -34,13 +34,11 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// Where the authenticated routes live.
@@ -203,19 +201,8 @@ fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the admin listener; `None` when `admin_listen` is off.
-pub async fn start(
-    admin: Arc<Admin>,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
-    let listen = admin.config.admin_listen.clone();
-    let mode = admin.config.socket_mode;
-    let handler = move |req: Request<hyper::body::Incoming>, _peer: Option<IpAddr>| {
-        let admin = admin.clone();
-        async move { handle(&admin, req).await }
-    };
-    crate::serve::http::serve("admin", "admin_listen", &listen, mode, handler, shutdown).await
-}
+// The listener itself is started by `crate::web::start`, which hands the API's routes
+// to [`handle`].
 
 /// An answer being built: status and JSON (or text) body.
 pub(crate) type Reply = Response<Full<Bytes>>;
