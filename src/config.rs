@@ -1145,6 +1145,14 @@ mod tests {
     }
 
     #[test]
+    fn geoip_database_must_be_a_file() {
+        let problems = load("geoip_database: /nonexistent/country.mmdb\n").unwrap_err();
+        assert_eq!(problems[0].key, "geoip_database");
+        assert!(problems[0].message.contains("not a file"), "{}", problems[0].message);
+        assert_eq!(load("").unwrap().geoip_database, None);
+    }
+
+    #[test]
     fn api_url_needs_credentials() {
         let problems = load("api_url: http://127.0.0.1:8080\n").unwrap_err();
         assert_eq!(problems.len(), 1);
