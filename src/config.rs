@@ -1148,7 +1148,11 @@ mod tests {
     fn geoip_database_must_be_a_file() {
         let problems = load("geoip_database: /nonexistent/country.mmdb\n").unwrap_err();
         assert_eq!(problems[0].key, "geoip_database");
-        assert!(problems[0].message.contains("not a file"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("not a file"),
+            "{}",
+            problems[0].message
+        );
         assert_eq!(load("").unwrap().geoip_database, None);
     }
 
