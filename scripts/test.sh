@@ -9,6 +9,8 @@
 #   cargo test --workspace                         (CrowdSec 1.4.6, Debian's)
 #   the CrowdSec-backed tests again on CrowdSec 1.7.8 (built from the Go module proxy)
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
+#   schemathesis on docs/admin-api.yaml           (scripts/schemathesis.sh)
+#   the web console in chromium                   (scripts/browser-test.sh)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -275,6 +277,30 @@ go_test() {
     return "$rc"
 }
 
+# docs/admin-api.yaml against a live daemon (--checks all); one counted test.
+schemathesis_run() {
+    if bash scripts/schemathesis.sh; then
+        TESTS_PASSED=$((TESTS_PASSED + 1))
+    else
+        TESTS_FAILED=$((TESTS_FAILED + 1))
+        return 1
+    fi
+}
+
+# The web console in Debian's chromium (scripts/browser-test.sh installs chromium and
+# playwright-core); counts the summary lines of node's test runner.
+browser_test() {
+    local log="$LOG_DIR/browser-test.log" rc=0 n
+    bash scripts/browser-test.sh 2>&1 | tee "$log" || rc=$?
+    n=$(sed -nE 's/^(# |ℹ )pass ([0-9]+)$/\2/p' "$log" | tail -1)
+    TESTS_PASSED=$((TESTS_PASSED + ${n:-0}))
+    n=$(sed -nE 's/^(# |ℹ )fail ([0-9]+)$/\2/p' "$log" | tail -1)
+    TESTS_FAILED=$((TESTS_FAILED + ${n:-0}))
+    n=$(sed -nE 's/^(# |ℹ )skipped ([0-9]+)$/\2/p' "$log" | tail -1)
+    TESTS_SKIPPED=$((TESTS_SKIPPED + ${n:-0}))
+    return "$rc"
+}
+
 # --- run -------------------------------------------------------------------------
 
 step "system packages" system_packages
@@ -297,6 +323,8 @@ if [[ -f caddy-module/go.mod ]]; then
 else
     skip "go (caddy-module)" "no caddy-module/go.mod"
 fi
+step "schemathesis (docs/admin-api.yaml)" schemathesis_run
+step "browser tests (web console)" browser_test
 print_summary
 say ""
 say "tests: $TESTS_PASSED passed, $TESTS_FAILED failed, $TESTS_SKIPPED skipped"

@@ -252,7 +252,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         state.engine = engine.clone();
         state.console = console.clone();
-        let adm = admin::start(Arc::new(state), shutdown_rx.clone()).await?;
+        if let Some(path) = &config.geoip_database {
+            let geo = crate::geoip::GeoIp::open(path)?;
+            info!(
+                "countries of decisions from {} ({})",
+                path.display(),
+                geo.kind()
+            );
+            state.geoip = Some(Arc::new(geo));
+        }
+        let adm = crate::web::start(Arc::new(state), shutdown_rx.clone()).await?;
         anyhow::Ok((socket_addr, fa, adm, token))
     };
     match doors.await {
@@ -260,7 +269,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             running.socket_addr = Some(socket_addr);
             running.admin_token = token;
             if let Some((task, addr)) = adm {
-                info!("admin API on {addr}{}", admin::PREFIX);
+                info!(
+                    "admin API on {addr}{}, web console on http://{addr}/",
+                    admin::PREFIX
+                );
                 running.tasks.push(task);
                 running.admin_addr = Some(addr);
             } else {

@@ -57,6 +57,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("admin_token", Kind::Str),
     ("admin_token_file", Kind::Str),
     ("capi_url", Kind::Str),
+    ("geoip_database", Kind::Str),
     ("trusted_proxies", Kind::List),
     ("client_ip_header", Kind::Str),
     ("on_lapi_unreachable", Kind::Str),
@@ -250,6 +251,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The CrowdSec central API, probed by the diagnostics.
     pub capi_url: String,
+    /// A MaxMind-format `.mmdb` giving every listed decision its country (see [`crate::geoip`]).
+    pub geoip_database: Option<PathBuf>,
     pub trusted_proxies: Vec<IpNet>,
     /// Default `X-Forwarded-For`.
     pub client_ip_header: String,
@@ -320,6 +323,7 @@ impl Default for Config {
             http_idle_timeout: Duration::from_secs(60),
             admin_token: None,
             capi_url: "https://api.crowdsec.net".into(),
+            geoip_database: None,
             trusted_proxies: vec![],
             client_ip_header: "X-Forwarded-For".into(),
             on_lapi_unreachable: UnreachablePolicy::Keep,
@@ -788,6 +792,18 @@ impl Reader {
                 self.problem(
                     "capi_url",
                     format!("{url:?} is not an http:// or https:// URL"),
+                );
+            }
+        }
+        c.geoip_database = self.path("geoip_database");
+        if let Some(p) = &c.geoip_database {
+            if !p.is_file() {
+                self.problem(
+                    "geoip_database",
+                    format!(
+                        "{} is not a file (a MaxMind .mmdb such as GeoLite2-Country.mmdb)",
+                        p.display()
+                    ),
                 );
             }
         }
@@ -1293,6 +1309,18 @@ mod tests {
         assert!(load("admin_listen: \"[::1]:8088\"\n").is_ok());
         let problems = load("capi_url: api.crowdsec.net\n").unwrap_err();
         assert_eq!(problems[0].key, "capi_url");
+    }
+
+    #[test]
+    fn geoip_database_must_be_a_file() {
+        let problems = load("geoip_database: /nonexistent/country.mmdb\n").unwrap_err();
+        assert_eq!(problems[0].key, "geoip_database");
+        assert!(
+            problems[0].message.contains("not a file"),
+            "{}",
+            problems[0].message
+        );
+        assert_eq!(load("").unwrap().geoip_database, None);
     }
 
     #[test]

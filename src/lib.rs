@@ -12,12 +12,15 @@
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
+//! - [`web`]: the web console on the admin listener at `/`; its pages call [`admin`]'s
+//!   handlers.
 //! - [`engine`]: the managed CrowdSec engine: its config file, its process (run, watch,
 //!   restart, stop; credentials) and hub presets (browse, install, remove). It reads
 //!   [`config`]; [`config`] imports nothing from it ([`app::load_config`] adds its checks).
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
 //!   heartbeat poller.
 //! - [`app`]: wires the parts together under one shutdown signal.
+//! - [`geoip`]: countries of decisions from a MaxMind-format database.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces; [`secure_file`]: files
 //!   written without following symlinks.
 
@@ -31,6 +34,7 @@ pub mod control;
 pub mod decision;
 pub mod duration;
 pub mod engine;
+pub mod geoip;
 pub mod lapi;
 pub mod metrics;
 pub mod persist;
@@ -38,3 +42,4 @@ pub mod secure_file;
 pub mod serve;
 pub mod store;
 pub mod usage;
+pub mod web;

@@ -242,6 +242,7 @@ fn lookup(config: Option<PathBuf>, ip: &str, socket: Option<PathBuf>) -> ExitCod
                 "origin": text(&a.origin),
                 "scenario": text(&a.scenario),
                 "expires_in_s": a.expires_in_s,
+                "bypassed": a.flags.is_bypassed(),
             });
             println!("{line}");
             ExitCode::SUCCESS

@@ -68,7 +68,8 @@ async fn lookup_prints_one_json_line() {
     let left = v["expires_in_s"].as_u64().unwrap();
     assert!((7190..=7200).contains(&left), "{v}");
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 5, "{v}");
+    assert_eq!(keys.len(), 6, "{v}");
+    assert_eq!(v["bypassed"], false, "protection is on");
 
     let (code, out, _) = run(&["lookup", "2001:db8:1::9", "--socket", &socket], &cwd).await;
     assert_eq!(code, 0);

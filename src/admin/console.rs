@@ -63,14 +63,21 @@ fn request(body: &Value) -> Result<EnrollRequest, ApiError> {
 /// `POST /console/enroll {"enrollment_key","name","tags","overwrite"}`: answers once
 /// the enrollment is over (its retries included).
 pub async fn enroll(admin: &Admin, req: Request<hyper::body::Incoming>) -> Reply {
+    if admin.console.is_none() {
+        return no_engine();
+    }
+    match read_json(req).await {
+        Ok(body) => enroll_body(admin, &body).await,
+        Err(e) => e.into(),
+    }
+}
+
+/// The enrollment of a parsed body (also the web console's).
+pub async fn enroll_body(admin: &Admin, body: &Value) -> Reply {
     let Some(console) = &admin.console else {
         return no_engine();
     };
-    let body = match read_json(req).await {
-        Ok(b) => b,
-        Err(e) => return e.into(),
-    };
-    let req = match request(&body) {
+    let req = match request(body) {
         Ok(r) => r,
         Err(e) => return e.into(),
     };

@@ -220,14 +220,22 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             heap.push(Reverse(ById(t, v, m)));
         }
     });
-    let mut page: Vec<Listed> = heap
+    // Only the page itself is turned into owned rows (a deep page skips many).
+    let page: Vec<Listed> = heap
         .into_sorted_vec()
         .into_iter()
+        .skip(f.offset)
         .map(|Reverse(ById(t, v, m))| Listed::new(t, v, m))
         .collect();
-    page = page.into_iter().skip(f.offset).collect();
     let countries = if page.is_empty() {
         None
+    } else if let Some(geo) = &admin.geoip {
+        // The database answers for every decision, LAPI's or not.
+        let map: HashMap<i64, String> = page
+            .iter()
+            .filter_map(|d| Some((d.id, geo.country_of(&d.value)?)))
+            .collect();
+        Some(Arc::new(map))
     } else {
         let ids: Vec<i64> = page.iter().map(|d| d.id).filter(|&id| id >= 0).collect();
         admin.countries.get(admin, &ids).await

@@ -12,10 +12,11 @@
 //! is checked against them and against the running server by a test.
 
 mod capi;
-mod console;
-mod decisions;
-mod diagnostics;
-mod hub;
+// The web console (`crate::web`) calls these same functions.
+pub(crate) mod console;
+pub(crate) mod decisions;
+pub(crate) mod diagnostics;
+pub(crate) mod hub;
 mod token;
 
 use crate::config::Config;
@@ -33,11 +34,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// Where the authenticated routes live.
@@ -91,6 +90,8 @@ pub struct Admin {
     pub started: Instant,
     /// Console enrollment and heartbeats; `None` without an engine config.
     pub console: Option<Arc<crate::console::Console>>,
+    /// `geoip_database`, when set: the country of every listed decision.
+    pub geoip: Option<Arc<crate::geoip::GeoIp>>,
     token: String,
     countries: decisions::Countries,
 }
@@ -126,6 +127,7 @@ impl Admin {
             socket_addr: None,
             started: Instant::now(),
             console: None,
+            geoip: None,
             token,
             countries: decisions::Countries::default(),
         })
@@ -140,6 +142,16 @@ impl Admin {
         self.upstream.borrow().client.clone()
     }
 
+    /// Whether `given` is the admin token (compared in constant time; a wrong one is
+    /// counted in `cerberus_admin_auth_failures_total`). For the web console's sign-in.
+    pub fn token_matches(&self, given: &str) -> bool {
+        let ok = !self.token.is_empty() && same(given.trim().as_bytes(), self.token.as_bytes());
+        if !ok {
+            metrics::counter!(crate::metrics::ADMIN_AUTH_FAILURES).increment(1);
+        }
+        ok
+    }
+
     /// The LAPI watcher of the moment (none without machine credentials).
     pub fn watcher(&self) -> Option<Arc<Watcher>> {
         self.upstream.borrow().watcher.clone()
@@ -148,33 +160,8 @@ impl Admin {
 
 pub use token::{token, FAILURE_DELAY};
 
-/// Starts the admin listener; `None` when `admin_listen` is off.
-pub async fn start(
-    admin: Arc<Admin>,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
-    let listen = admin.config.admin_listen.clone();
-    let mode = admin.config.socket_mode;
-    let limits = crate::serve::http::Limits::new(
-        &admin.config,
-        "admin_max_connections",
-        admin.config.admin_max_connections,
-    );
-    let handler = move |req: Request<hyper::body::Incoming>, _peer: Option<IpAddr>| {
-        let admin = admin.clone();
-        async move { handle(&admin, req).await }
-    };
-    crate::serve::http::serve(
-        "admin",
-        "admin_listen",
-        &listen,
-        mode,
-        limits,
-        handler,
-        shutdown,
-    )
-    .await
-}
+// The listener itself is started by `crate::web::start`, which hands the API's routes
+// to [`handle`].
 
 /// An answer being built: status and JSON (or text) body.
 pub(crate) type Reply = Response<Full<Bytes>>;
@@ -352,7 +339,8 @@ pub(crate) fn only_fields(body: &Value, known: &[&str]) -> Result<(), ApiError> 
     Ok(())
 }
 
-async fn handle(admin: &Admin, req: Request<hyper::body::Incoming>) -> Reply {
+/// Answers one request to the admin listener's API routes.
+pub async fn handle(admin: &Admin, req: Request<hyper::body::Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let reply = route(admin, req, &method, &path).await;
@@ -506,7 +494,7 @@ fn metrics_text(admin: &Admin) -> Reply {
     }
 }
 
-fn toggle(admin: &Admin, on: bool) -> Reply {
+pub(crate) fn toggle(admin: &Admin, on: bool) -> Reply {
     let was = admin.decider.enabled();
     admin.decider.set_enabled(on);
     admin

@@ -8,6 +8,8 @@ pub mod engine;
 pub mod engine_env;
 pub mod lapi;
 pub mod managed_engine;
+pub mod mmdb;
+pub mod web;
 pub mod script_lapi;
 
 use cerberus::config::{Config, Listen};

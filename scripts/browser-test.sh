@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The web console in a real browser: bash scripts/browser-test.sh [--screenshots]
+#
+# Installs what it needs when missing (Debian's chromium and nodejs/npm with apt,
+# playwright-core from the lockfile in tests/browser with npm ci), builds the cerberus
+# binary (debug), then runs tests/browser/console.test.mjs with node's test runner.
+# --screenshots also saves every page into docs/screenshots/ (desktop and phone width).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+export DEBIAN_FRONTEND=noninteractive
+
+SHOTS=""
+if [[ "${1:-}" == "--screenshots" ]]; then
+    SHOTS="$REPO_ROOT/docs/screenshots"
+fi
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v python3 >/dev/null || missing+=(python3)
+if ((${#missing[@]})); then
+    echo "browser-test: installing ${missing[*]} (apt)"
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+cargo build --quiet --bin cerberus
+BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/cerberus"
+
+cd tests/browser
+CERBERUS_BIN="$BIN" CHROMIUM="$(command -v chromium)" SCREENSHOTS="$SHOTS" \
+    node --test --test-concurrency=1 --test-reporter=spec console.test.mjs
