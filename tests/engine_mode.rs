@@ -1,4 +1,5 @@
-//! Engine mode with Debian's crowdsec 1.4.6 as the managed engine: switching protection
+//! Engine mode with the CrowdSec version under test (Debian's 1.4.6, or 1.7.8, whose
+//! agent takes longer to load: the waits allow for it) as the managed engine: switching protection
 //! on starts the engine and decisions added with its cscli reach the hot path; switching
 //! it off stops the engine; a restart of cerberus brings the engine back when it was on
 //! (and not when it was off); a killed engine is restarted and the sync goes on.
@@ -40,7 +41,7 @@ async fn engine_pid(admin: &AdminClient) -> Option<u64> {
 async fn the_switch_runs_the_engine_and_its_decisions_reach_the_hot_path() {
     support::logs();
     let engine = Engine::new();
-    bounded(240, async {
+    bounded(480, async {
         let app = start(&engine).await;
         let admin = AdminClient::new(&app);
         support::wait_for("the first sync from the engine", 90, || {
@@ -118,7 +119,7 @@ async fn the_switch_runs_the_engine_and_its_decisions_reach_the_hot_path() {
         .await;
         assert!(banned(&app, "192.0.2.80"), "the known decision stays");
         engine.cscli(&["decisions", "add", "--ip", "192.0.2.81", "--duration", "4h"]);
-        support::wait_for("a decision after the restart", 30, || {
+        support::wait_for("a decision after the restart", 90, || {
             banned(&app, "192.0.2.81")
         })
         .await;
@@ -142,7 +143,7 @@ async fn the_switch_runs_the_engine_and_its_decisions_reach_the_hot_path() {
             "{s}"
         );
         engine.cscli(&["decisions", "add", "--ip", "192.0.2.82", "--duration", "4h"]);
-        support::wait_for("a decision after the crash", 30, || {
+        support::wait_for("a decision after the crash", 90, || {
             banned(&app, "192.0.2.82")
         })
         .await;
@@ -160,7 +161,7 @@ async fn the_switch_runs_the_engine_and_its_decisions_reach_the_hot_path() {
         })
         .await;
         engine.cscli(&["decisions", "add", "--ip", "192.0.2.83", "--duration", "4h"]);
-        support::wait_for("a decision after cerberus restarted", 30, || {
+        support::wait_for("a decision after cerberus restarted", 90, || {
             banned(&app, "192.0.2.83")
         })
         .await;

@@ -428,8 +428,12 @@ async fn accepted_and_shown_by_cscli() {
     };
     assert_eq!(cells("cscli")[1..3], ["1", "3"], "{shown}");
     assert_eq!(cells("Total")[1..], ["1", "3", "5"], "{shown}");
+    // (The logs are shared with the other tests of this file: look for this LAPI only.)
     assert!(
-        !logs.text().contains("does not accept usage metrics"),
+        !logs.text().contains(&format!(
+            "LAPI at {} does not accept usage metrics",
+            lapi.url
+        )),
         "{}",
         logs.text()
     );
