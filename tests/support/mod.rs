@@ -9,8 +9,8 @@ pub mod engine_env;
 pub mod lapi;
 pub mod managed_engine;
 pub mod mmdb;
-pub mod web;
 pub mod script_lapi;
+pub mod web;
 
 use cerberus::config::{Config, Listen};
 use std::io::Write;
