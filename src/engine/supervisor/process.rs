@@ -4,6 +4,7 @@
 
 use super::credentials::new_key;
 use super::{lock, unix_now, Inner, OUTPUT_LINES};
+use crate::engine::pidfile;
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -327,25 +328,6 @@ pub(super) fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// When process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`).
-pub(super) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from ")".
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// `PID` or `PID START_TIME` (what [`Inner::write_pid_file`] writes).
-pub(super) fn parse_pid_file(text: &str) -> Option<(u32, Option<u64>)> {
-    let mut words = text.split_whitespace();
-    let pid = words.next()?.parse().ok()?;
-    let start = match words.next() {
-        None => None,
-        Some(w) => Some(w.parse().ok()?),
-    };
-    words.next().is_none().then_some((pid, start))
-}
-
 /// True when process `pid` runs with `-c config` on its command line.
 pub(super) fn runs_config(pid: u32, config: &Path) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -401,10 +383,7 @@ impl Inner {
             std::fs::create_dir_all(&self.settings.data_dir)?;
             // With its start time: a later run can tell the engine from a process that
             // got the same pid after a reboot or a wrap-around.
-            match start_time(pid) {
-                Some(t) => std::fs::write(&path, format!("{pid} {t}\n")),
-                None => std::fs::write(&path, format!("{pid}\n")),
-            }
+            pidfile::write(&path, pid)
         };
         if let Err(e) = write() {
             warn!(
@@ -418,14 +397,16 @@ impl Inner {
     /// named by the pid file, when its leader or another member still runs this config.
     pub(super) async fn stop_leftover(&self) {
         let path = self.pid_file();
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return;
+        let recorded = match pidfile::read(&path) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(why) => {
+                warn!("ignoring {}: {why}", path.display());
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
         };
-        let Some((pid, recorded_start)) = parse_pid_file(&text) else {
-            warn!("ignoring {}: not a pid (and start time)", path.display());
-            let _ = std::fs::remove_file(&path);
-            return;
-        };
+        let pid = recorded.pid;
         let config = self.config();
         let ours = lock(&self.current)
             .as_ref()
@@ -433,8 +414,7 @@ impl Inner {
         let leader_alive = !proc_gone(pid);
         // A live process with that pid that started at another time is not the engine
         // that was recorded, whatever its command line says.
-        let recycled = leader_alive
-            && recorded_start.is_some_and(|t| start_time(pid).is_some_and(|now| now != t));
+        let recycled = leader_alive && !recorded.same_process();
         if recycled {
             info!(
                 "pid {pid} of {} now belongs to another process (it started at another time); leaving it alone",
@@ -492,19 +472,6 @@ impl Inner {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
-
-    #[test]
-    fn pid_files_and_start_times_read_well() {
-        assert_eq!(parse_pid_file("42\n"), Some((42, None)));
-        assert_eq!(parse_pid_file("42 12345\n"), Some((42, Some(12345))));
-        assert_eq!(parse_pid_file("42 x"), None);
-        assert_eq!(parse_pid_file("42 1 2"), None);
-        assert_eq!(parse_pid_file(""), None);
-        let me = std::process::id();
-        let t = start_time(me).expect("our own start time");
-        assert_eq!(start_time(me), Some(t), "stable for a running process");
-        assert_eq!(start_time(u32::MAX), None);
-    }
 
     #[test]
     fn exit_statuses_read_well() {
