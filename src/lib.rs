@@ -15,7 +15,8 @@
 //!   hub presets (browse, install, remove).
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
 //!   heartbeat poller.
-//! - [`app`]: wires the parts together under one shutdown signal.
+//! - [`app`]: wires the parts together under one shutdown signal; [`notify`]: its
+//!   sd_notify messages to systemd (ready, status, watchdog, stopping).
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces.
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod duration;
 pub mod engine;
 pub mod lapi;
 pub mod metrics;
+pub mod notify;
 pub mod persist;
 pub mod serve;
 pub mod store;
