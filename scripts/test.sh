@@ -8,6 +8,8 @@
 #   cargo fmt --check, cargo clippy -D warnings   (skipped with --quick)
 #   cargo test --workspace
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
+#   the .deb: build and contents, then dpkg -i on this machine (scripts/test-packaging.sh;
+#   the install part is skipped where systemd is PID 1)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,8 +17,9 @@ cd "$REPO_ROOT"
 
 # System packages the tests need, as COMMAND:PACKAGE (installed when COMMAND is
 # missing). openssl makes the TLS test certificates; caddy (stock Caddy, for the
-# forward_auth tests) and wrk (load) are Debian's.
-APT_NEEDS=(curl:curl python3:python3 openssl:openssl caddy:caddy wrk:wrk)
+# forward_auth tests) and wrk (load) are Debian's. systemd-analyze checks the packaged unit.
+APT_NEEDS=(curl:curl python3:python3 openssl:openssl caddy:caddy wrk:wrk
+    systemd-analyze:systemd)
 
 CS_HOME="${CERBERUS_CROWDSEC_HOME:-$REPO_ROOT/.cache/crowdsec}"
 CS_BIN="$CS_HOME/root/usr/bin/crowdsec"
@@ -268,6 +271,12 @@ if [[ -f caddy-module/go.mod ]]; then
     step "go test" go_test
 else
     skip "go (caddy-module)" "no caddy-module/go.mod"
+fi
+step "packaging: .deb contents" bash scripts/test-packaging.sh contents
+if [[ -d /run/systemd/system ]]; then
+    skip "packaging: install" "systemd runs here; the test would start the real service"
+else
+    step "packaging: install" as_root bash scripts/test-packaging.sh install
 fi
 print_summary
 say ""

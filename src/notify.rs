@@ -192,15 +192,20 @@ impl Check {
             "standalone".to_string()
         } else {
             let s = &self.stats;
+            let lapi = if self.config.engine.enabled {
+                "the engine's LAPI"
+            } else {
+                "LAPI"
+            };
             match s.failing() {
-                Some(reason) => format!("{} LAPI failing ({reason})", self.config.mode()),
+                Some(reason) => format!("{lapi} failing ({reason})"),
                 None if s.first_sync_done.load(Ordering::Relaxed) => {
                     let ago = (crate::clock::now_ms() - s.last_success_ms.load(Ordering::Relaxed))
                         .max(0)
                         / 1000;
-                    format!("{} LAPI ok, last pull {ago}s ago", self.config.mode())
+                    format!("{lapi} ok, last pull {ago}s ago")
                 }
-                None => format!("{} LAPI: first pull pending", self.config.mode()),
+                None => format!("{lapi}: first pull pending"),
             }
         };
         format!("{protection}enforcing {decisions} decisions; {source}")
