@@ -165,12 +165,15 @@ contents() {
     check_config_keys "$root"
     check_unit_text "$root/$UNIT_PATH"
     check_unit_analyze "$root"
-    # The packaged config passes `cerberus check` once the postinst wrote a key.
+    # The packaged config passes `cerberus check` once the postinst wrote a key (and
+    # systemd made /run/cerberus: here, a directory of ours).
     local conf=$WORK/check.yaml
     echo test-key >"$WORK/api_key"
-    sed "s|^api_key_file: .*|api_key_file: $WORK/api_key|" "$root$CONF" >"$conf"
+    sed -e "s|^api_key_file: .*|api_key_file: $WORK/api_key|" \
+        -e "s|^socket: .*|socket: $WORK/cerberus.sock|" "$root$CONF" >"$conf"
     "$root/usr/bin/cerberus" check -c "$conf" >/dev/null || fail "cerberus check refuses the packaged config"
-    ! "$root/usr/bin/cerberus" check -c "$root$CONF" >/dev/null 2>&1 ||
+    sed -i "s|^api_key_file: .*|api_key_file: $WORK/no_api_key|" "$conf"
+    ! "$root/usr/bin/cerberus" check -c "$conf" >/dev/null 2>&1 ||
         fail "cerberus check passes without the key file (the unit would start keyless)"
     say "contents: ok"
 }
@@ -275,6 +278,9 @@ check_running_daemon() {
     [[ "$stat_line" == "660 cerberus cerberus" ]] || fail "$sock is '$stat_line', want '660 cerberus cerberus'"
     [[ "$(stat -c '%a %U %G' /run/cerberus)" == "750 cerberus cerberus" ]] || fail "/run/cerberus is $(stat -c '%a %U %G' /run/cerberus)"
     [[ "$(stat -c '%a %U' /etc/cerberus/api_key)" == "600 cerberus" ]] || fail "the key file is $(stat -c '%a %U' /etc/cerberus/api_key)"
+    [[ "$(ps -o user= -p "$DAEMON_PID" | tr -d ' ')" == cerberus ]] || fail "the daemon runs as $(ps -o user= -p "$DAEMON_PID")"
+    [[ "$(stat -c '%a %U' /var/lib/cerberus/cerberus.db)" == "600 cerberus" ]] ||
+        fail "the database is $(stat -c '%a %U' /var/lib/cerberus/cerberus.db) (UMask=0077 wants 600 cerberus)"
     # The admin API, with the token the daemon generated into data_dir.
     cerberus -c "$CONF" status --json >"$WORK/status.json" || fail "cerberus status (admin API) failed"
     grep -q '"mode":"lapi"' "$WORK/status.json" || fail "the admin API's status is not LAPI mode: $(cat "$WORK/status.json")"
@@ -364,7 +370,8 @@ install_test() {
     [[ ! -e /etc/cerberus/api_key ]] || fail "a key file without a registration"
     ! runuser -u cerberus -- cerberus check -c "$CONF" >/dev/null 2>&1 ||
         fail "cerberus check passes without a key (ExecStartPre would let a keyless daemon start)"
-    say "installed without CrowdSec; the postinst says what to run"
+    say "installed without CrowdSec; the postinst says what to run:"
+    sed 's/^/  | /' "$WORK/install2.log"
     PATH="$WORK/nolapi:$PATH" purge_package || fail "dpkg --purge failed: $(cat "$WORK/purge.log")"
     check_purged "purge after the install without CrowdSec"
     say "install: ok"
