@@ -40,7 +40,9 @@ fn write_config(dir: &Path, socket: &Path) -> PathBuf {
     config
 }
 
-fn spawn(config: &Path, notify: Option<(&Path, &str)>) -> Daemon {
+/// `cerberus run -c config`, telling systemd's messages to `notify` when given, with
+/// `WATCHDOG_USEC=usec` when given (and none of the three inherited).
+fn command(config: &Path, notify: Option<&Path>, usec: Option<&str>) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "-c"])
         .arg(config)
@@ -49,10 +51,17 @@ fn spawn(config: &Path, notify: Option<(&Path, &str)>) -> Daemon {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID");
-    if let Some((socket, usec)) = notify {
-        cmd.env("NOTIFY_SOCKET", socket).env("WATCHDOG_USEC", usec);
+    if let Some(n) = notify {
+        cmd.env("NOTIFY_SOCKET", n);
     }
-    Daemon(cmd.spawn().unwrap())
+    if let Some(u) = usec {
+        cmd.env("WATCHDOG_USEC", u);
+    }
+    cmd
+}
+
+fn spawn(config: &Path, notify: Option<&Path>, usec: Option<&str>) -> Daemon {
+    Daemon(command(config, notify, usec).spawn().unwrap())
 }
 
 fn lookup(socket: &Path) -> Result<bouncer_api::LookupAnswer, bouncer_api::ClientError> {
@@ -88,7 +97,7 @@ fn until(rx: &UnixDatagram, want: &str, secs: u64, seen: &mut Vec<String>) {
 /// First run: a local ban, persisted; SIGTERM. Returns the config for the second run.
 fn seed(dir: &Path, socket: &Path) -> PathBuf {
     let config = write_config(dir, socket);
-    let mut d = spawn(&config, None);
+    let mut d = spawn(&config, None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while lookup(socket).is_err() {
         assert!(Instant::now() < deadline, "the first run did not come up");
@@ -139,7 +148,7 @@ fn ready_after_persisted_decisions_then_status_watchdog_and_stopping() {
     let notify = dir.path().join("notify.sock");
     let rx = UnixDatagram::bind(&notify).unwrap();
     // 300 ms: the daemon feeds the watchdog every 150 ms.
-    let mut d = spawn(&config, Some((&notify, "300000")));
+    let mut d = spawn(&config, Some(&notify), Some("300000"));
     let mut seen = Vec::new();
     until(&rx, "READY=1", 30, &mut seen);
     // Right after READY=1, the persisted ban is enforced on the socket door.
@@ -191,14 +200,7 @@ fn no_watchdog_without_watchdog_usec_and_no_ready_when_start_fails() {
     // The socket's directory is a file: the doors cannot open, start fails.
     std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
     let bad = write_config(dir.path(), &dir.path().join("not-a-dir/cerberus.sock"));
-    let mut cmd = Command::new(BIN);
-    let out = cmd
-        .args(["run", "-c"])
-        .arg(&bad)
-        .env("NOTIFY_SOCKET", &notify)
-        .env_remove("WATCHDOG_USEC")
-        .output()
-        .unwrap();
+    let out = command(&bad, Some(&notify), None).output().unwrap();
     assert!(!out.status.success());
     let mut got = Vec::new();
     while let Some(m) = recv(&rx, 1) {
@@ -214,16 +216,7 @@ fn no_watchdog_without_watchdog_usec_and_no_ready_when_start_fails() {
     let sub = dir.path().join("ok");
     std::fs::create_dir(&sub).unwrap();
     let config = write_config(&sub, &sub.join("cerberus.sock"));
-    let mut cmd = Command::new(BIN);
-    let child = cmd
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify)
-        .env_remove("WATCHDOG_USEC")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon(child);
+    let mut d = spawn(&config, Some(&notify), None);
     let mut seen = Vec::new();
     until(&rx, "READY=1", 30, &mut seen);
     let mut after = Vec::new();
