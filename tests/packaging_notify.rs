@@ -2,7 +2,8 @@
 //! binary runs with `NOTIFY_SOCKET` naming a datagram socket of this test. READY=1 comes
 //! only when the persisted decisions are enforced (a lookup right after it answers ban),
 //! STATUS= lines say the state, WATCHDOG=1 comes again and again when `WATCHDOG_USEC` is
-//! set, STOPPING=1 on SIGTERM; a daemon that cannot start never says READY=1.
+//! set and stops when the socket door no longer answers, STOPPING=1 on SIGTERM; a daemon
+//! that cannot start never says READY=1.
 
 mod support;
 
@@ -184,6 +185,32 @@ fn ready_after_persisted_decisions_then_status_watchdog_and_stopping() {
             seen.push(m);
         }
     }
+
+    // The socket door gone (its file removed): the watchdog is no longer fed, and
+    // STATUS= says why; systemd would restart the daemon after WatchdogSec.
+    std::fs::remove_file(&socket).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no STATUS about the socket door: {seen:?}"
+        );
+        if let Some(m) = recv(&rx, 1) {
+            let told = m.starts_with("STATUS=socket door not answering");
+            seen.push(m);
+            if told {
+                break;
+            }
+        }
+    }
+    let mut after = Vec::new();
+    while after.len() < 4 {
+        after.push(recv(&rx, 5).expect("STATUS= goes on every period"));
+    }
+    assert!(
+        after.iter().all(|m| !m.contains("WATCHDOG=1")),
+        "fed while the door is gone: {after:?}"
+    );
 
     let status = terminate(&mut d);
     let mut rest = Vec::new();
