@@ -29,9 +29,10 @@ case "${1:-}" in
         ;;
 esac
 
-for d in "$HOME/.cargo/bin"; do
-    [[ -d "$d" && ":$PATH:" != *":$d:"* ]] && PATH="$PATH:$d"
-done
+# rustup's cargo may be missing from a non-login shell's PATH.
+if [[ -d "$HOME/.cargo/bin" && ":$PATH:" != *":$HOME/.cargo/bin:"* ]]; then
+    PATH="$PATH:$HOME/.cargo/bin"
+fi
 
 if [[ ! -x "$CARGO_DEB" ]] || ! "$CARGO_DEB" --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
     echo "build-deb: installing cargo-deb $CARGO_DEB_VERSION into $CARGO_DEB_ROOT" >&2
@@ -43,7 +44,10 @@ if [[ ${#args[@]} -gt 0 && ! -x "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/
 fi
 
 mkdir -p "$OUT_DIR"
-# cargo-deb is found as a cargo subcommand through PATH.
-PATH="$CARGO_DEB_ROOT/bin:$PATH" cargo deb -p cerberus --output "$OUT_DIR" "${args[@]}" >&2
-deb=$(ls -t "$OUT_DIR"/cerberus_*.deb | head -n 1)
+# cargo-deb is found as a cargo subcommand through PATH; it prints the .deb's path.
+deb=$(PATH="$CARGO_DEB_ROOT/bin:$PATH" cargo deb -p cerberus --output "$OUT_DIR" "${args[@]}" | tail -n 1)
+[[ -f "$deb" ]] || {
+    echo "build-deb: cargo deb wrote no .deb (it printed: $deb)" >&2
+    exit 1
+}
 echo "$deb"

@@ -322,7 +322,7 @@ check_purged() {
     ! getent passwd cerberus >/dev/null || fail "$what: the user cerberus is left behind"
     ! getent group cerberus >/dev/null || fail "$what: the group cerberus is left behind"
     ! dpkg -s cerberus >/dev/null 2>&1 || fail "$what: dpkg still knows the package"
-    ! ls /var/lib/systemd/deb-systemd-helper-enabled/ 2>/dev/null | grep -q cerberus ||
+    [[ -z "$(find /var/lib/systemd/deb-systemd-helper-enabled -name '*cerberus*' 2>/dev/null)" ]] ||
         fail "$what: deb-systemd-helper state is left behind"
     say "$what: nothing left (config, state, runtime dir, user, group, unit links)"
 }
@@ -372,8 +372,10 @@ install_test() {
     chmod 755 "$WORK/nolapi/cscli"
     PATH="$WORK/nolapi:$PATH" dpkg -i "$DEB" >"$WORK/install2.log" 2>&1 ||
         fail "dpkg -i without CrowdSec failed: $(cat "$WORK/install2.log")"
-    grep -q "not started" "$WORK/install2.log" && grep -q "cscli bouncers add cerberus-" "$WORK/install2.log" ||
+    if ! grep -q "not started" "$WORK/install2.log" ||
+        ! grep -q "cscli bouncers add cerberus-" "$WORK/install2.log"; then
         fail "the postinst without CrowdSec does not say what to run: $(cat "$WORK/install2.log")"
+    fi
     [[ ! -e /etc/cerberus/api_key ]] || fail "a key file without a registration"
     ! runuser -u cerberus -- cerberus check -c "$CONF" >/dev/null 2>&1 ||
         fail "cerberus check passes without a key (ExecStartPre would let a keyless daemon start)"
