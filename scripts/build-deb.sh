@@ -2,7 +2,7 @@
 # Builds the Debian package: bash scripts/build-deb.sh [--no-build]
 #
 # Installs cargo-deb from crates.io into <repo>/.cache/cargo-deb when it is missing,
-# then runs `cargo deb -p cerberus` (a release build, unless --no-build reuses
+# then runs `cargo deb -p cerberus --strip` (a release build, unless --no-build reuses
 # target/release/cerberus). The unit, config and maintainer scripts are in debian/,
 # the file list in [package.metadata.deb] of Cargo.toml. Prints the .deb's path last.
 set -euo pipefail
@@ -45,7 +45,7 @@ fi
 
 mkdir -p "$OUT_DIR"
 # cargo-deb is found as a cargo subcommand through PATH; it prints the .deb's path.
-deb=$(PATH="$CARGO_DEB_ROOT/bin:$PATH" cargo deb -p cerberus --output "$OUT_DIR" "${args[@]}" | tail -n 1)
+deb=$(PATH="$CARGO_DEB_ROOT/bin:$PATH" cargo deb -p cerberus --strip --output "$OUT_DIR" "${args[@]}" | tail -n 1)
 [[ -f "$deb" ]] || {
     echo "build-deb: cargo deb wrote no .deb (it printed: $deb)" >&2
     exit 1
