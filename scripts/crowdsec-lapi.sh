@@ -46,11 +46,12 @@ usage: $(basename "$0") COMMAND [ARGS]
                         another CERBERUS_CROWDSEC_VERSION, build it into
                         <repo>/.cache/crowdsec-VERSION); prints the binaries' paths and
                         CROWDSEC_VERSION
-  start DIR [--owner-pid PID]
+  start DIR [--owner-pid PID] [--port PORT]
                         start a LAPI whose config, database and credentials live in DIR
                         (created on the first start; later starts reuse port, database
                         and credentials); writes DIR/env. With --owner-pid, the LAPI is
-                        stopped as soon as process PID is gone.
+                        stopped as soon as process PID is gone. With --port PORT, a new
+                        DIR's LAPI listens on PORT (an error when it is taken).
   stop DIR              stop the LAPI of DIR (no error when it is not running)
   status DIR            exit 0 when the LAPI of DIR answers GET /health
   bouncer DIR NAME      add a bouncer NAME and print its new API key
@@ -422,13 +423,18 @@ create_credentials() {
 }
 
 cmd_start() {
-    local dir owner="" port pid rc attempt
+    local dir owner="" port pid rc attempt want_port=""
     dir=$(lapi_dir "${1:-}")
     shift
     while (($#)); do
         case $1 in
             --owner-pid)
                 owner=${2:?--owner-pid needs a PID}
+                shift 2
+                ;;
+            --port)
+                want_port=${2:?--port needs a port number}
+                [[ "$want_port" =~ ^[0-9]+$ ]] || die "start: --port $want_port is not a port number"
                 shift 2
                 ;;
             *) die "start: unknown argument: $1" ;;
@@ -448,7 +454,12 @@ cmd_start() {
     local fresh=false
     if [[ ! -f "$dir/config.yaml" || ! -f "$dir/port" ]]; then
         fresh=true
-        write_config "$dir" "$(pick_port)"
+        if [[ -n "$want_port" ]]; then
+            port_free "$want_port" || die "port $want_port is taken by another process; not starting a LAPI there"
+            write_config "$dir" "$want_port"
+        else
+            write_config "$dir" "$(pick_port)"
+        fi
     fi
     port=$(<"$dir/port")
 
@@ -456,7 +467,7 @@ cmd_start() {
         rc=0
         launch "$dir" "$port" || rc=$?
         ((rc == 0)) && break
-        if ((rc == 2)) && $fresh && ((attempt < 5)); then
+        if ((rc == 2)) && $fresh && [[ -z "$want_port" ]] && ((attempt < 5)); then
             # Someone took the port between the pick and the bind: pick again (only
             # before anyone was told the URL).
             log "port $port was taken; picking another"

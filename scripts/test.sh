@@ -11,6 +11,8 @@
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
 #   schemathesis on docs/admin-api.yaml           (scripts/schemathesis.sh)
 #   the web console in chromium                   (scripts/browser-test.sh)
+#   the .deb: build and contents, then dpkg -i on this machine (scripts/test-packaging.sh;
+#   the install part is skipped where systemd is PID 1)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,8 +20,9 @@ cd "$REPO_ROOT"
 
 # System packages the tests need, as COMMAND:PACKAGE (installed when COMMAND is
 # missing). openssl makes the TLS test certificates; caddy (stock Caddy, for the
-# forward_auth tests) and wrk (load) are Debian's.
-APT_NEEDS=(curl:curl python3:python3 openssl:openssl caddy:caddy wrk:wrk)
+# forward_auth tests) and wrk (load) are Debian's. systemd-analyze checks the packaged unit.
+APT_NEEDS=(curl:curl python3:python3 openssl:openssl caddy:caddy wrk:wrk
+    systemd-analyze:systemd)
 
 CS_HOME="${CERBERUS_CROWDSEC_HOME:-$REPO_ROOT/.cache/crowdsec}"
 CS_BIN="$CS_HOME/root/usr/bin/crowdsec"
@@ -325,6 +328,12 @@ else
 fi
 step "schemathesis (docs/admin-api.yaml)" schemathesis_run
 step "browser tests (web console)" browser_test
+step "packaging: .deb contents" bash scripts/test-packaging.sh contents
+if [[ -d /run/systemd/system ]]; then
+    skip "packaging: install" "systemd runs here; the test would start the real service"
+else
+    step "packaging: install" as_root bash scripts/test-packaging.sh install
+fi
 print_summary
 say ""
 say "tests: $TESTS_PASSED passed, $TESTS_FAILED failed, $TESTS_SKIPPED skipped"

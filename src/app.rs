@@ -345,10 +345,19 @@ fn hub_for(config: &Config, engine: &Arc<EngineControl>) -> anyhow::Result<Hub> 
 }
 
 /// Runs until `shutdown` completes (SIGINT or SIGTERM in `main`).
+/// Tells systemd (sd_notify, [`crate::notify`]) when it is ready, how it does, and when
+/// it stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let running = start(config).await?;
+    let notify = crate::notify::Notifier::from_env();
+    notify.status("starting: loading the persisted decisions");
+    let running = start(config)
+        .await
+        .inspect_err(|e| notify.status(&format!("failed to start: {e:#}")))?;
+    let watchdog = notify.ready(&running);
     shutdown.await;
     info!("shutting down");
+    notify.stopping();
+    watchdog.inspect(|w| w.abort());
     running.stop().await;
     Ok(())
 }

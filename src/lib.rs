@@ -19,7 +19,8 @@
 //!   [`config`]; [`config`] imports nothing from it ([`app::load_config`] adds its checks).
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
 //!   heartbeat poller.
-//! - [`app`]: wires the parts together under one shutdown signal.
+//! - [`app`]: wires the parts together under one shutdown signal; [`notify`]: its
+//!   sd_notify messages to systemd (ready, status, watchdog, stopping).
 //! - [`geoip`]: countries of decisions from a MaxMind-format database.
 //! - [`duration`], [`clock`], [`metrics`]: small shared pieces; [`secure_file`]: files
 //!   written without following symlinks.
@@ -37,6 +38,7 @@ pub mod engine;
 pub mod geoip;
 pub mod lapi;
 pub mod metrics;
+pub mod notify;
 pub mod persist;
 pub mod secure_file;
 pub mod serve;
