@@ -4,15 +4,19 @@
 // The stage is tests/web_engine_scene.rs (cerberus in engine mode with the managed
 // CrowdSec engine, the loopback hub, the central-API stand-in): started here with cargo,
 // it prints one `SCENE {json}` line and stops when its stdin closes.
-// Run by scripts/browser-test.sh (which builds the scene first and sets CHROMIUM).
+// Run by scripts/browser-test.sh (which builds the scene first and sets CHROMIUM); with
+// SCREENSHOTS=DIR it also saves both pages there.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SHOTS = process.env.SCREENSHOTS || "";
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 
 let scene, stage, browser;
@@ -69,6 +73,12 @@ async function signedIn() {
   return { context, page };
 }
 
+async function shot(page, name) {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
 // The preset row whose name is exactly `name`.
 function presetRow(page, name) {
   return page.locator("li.preset").filter({ has: page.locator("strong").getByText(name, { exact: true }) });
@@ -111,6 +121,7 @@ test("hub presets: a word of the description finds the item, Install shows what 
   await after.waitFor();
   assert.equal(await after.locator(".badge.ok").textContent(), "installed");
   assert.equal(await after.getByRole("button", { name: `Remove ${scene.install}`, exact: true }).count(), 1);
+  await shot(page, "hub-engine");
   await context.close();
 });
 
@@ -137,6 +148,7 @@ test("console enrollment: an expired key says so with its fix, a good key enroll
   await page.getByRole("status").filter({ hasText: "Enrolled." }).waitFor({ timeout: 60_000 });
   assert.equal(await page.locator("#console-state").textContent(), "enrolled");
   assert.ok(!(await page.content()).includes(good), "the key is in the page");
+  await shot(page, "console-engine");
   await page.reload();
   assert.equal(await page.locator("#console-state").textContent(), "enrolled");
   assert.ok(!(await page.content()).includes(good), "the key is in the page after a reload");
