@@ -28,6 +28,7 @@ function startScene() {
     stage = spawn("cargo", ["test", "--quiet", "--test", "web_engine_scene", "--", "--ignored", "--nocapture", "--exact", "scene"], {
       cwd: REPO,
       stdio: ["pipe", "pipe", "pipe"],
+      detached: true, // a process group of its own: cargo, the scene and what it started
     });
     let out = "";
     const timer = setTimeout(() => reject(new Error(`no SCENE line within 240 s:\n${out}\n${stageLog}`)), 240_000);
@@ -59,7 +60,7 @@ after(async () => {
     const done = new Promise((r) => stage.once("exit", r));
     stage.stdin.end();
     await Promise.race([done, new Promise((r) => setTimeout(r, 30_000))]);
-    if (stage.exitCode === null) stage.kill("SIGKILL");
+    if (stage.exitCode === null) process.kill(-stage.pid, "SIGKILL");
   }
 });
 
