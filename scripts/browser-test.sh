@@ -3,7 +3,8 @@
 #
 # Installs what it needs when missing (Debian's chromium and nodejs/npm with apt,
 # playwright-core from the lockfile in tests/browser with npm ci), builds the cerberus
-# binary (debug), then runs tests/browser/console.test.mjs with node's test runner.
+# binary (debug) and the engine-mode stage (tests/web_engine_scene.rs, with CrowdSec from
+# scripts/crowdsec-lapi.sh), then runs tests/browser/*.test.mjs with node's test runner.
 # --screenshots also saves every page into docs/screenshots/ (desktop and phone width).
 set -euo pipefail
 
@@ -33,8 +34,12 @@ fi
 
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 cargo build --quiet --bin cerberus
+# The engine pages (engine.test.mjs) run on the stage of tests/web_engine_scene.rs, with
+# the managed CrowdSec engine: both ready before the browser starts.
+bash scripts/crowdsec-lapi.sh install >/dev/null
+cargo test --quiet --no-run --test web_engine_scene
 BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/cerberus"
 
 cd tests/browser
 CERBERUS_BIN="$BIN" CHROMIUM="$(command -v chromium)" SCREENSHOTS="$SHOTS" \
-    node --test --test-concurrency=1 --test-reporter=spec console.test.mjs
+    node --test --test-concurrency=1 --test-reporter=spec console.test.mjs engine.test.mjs

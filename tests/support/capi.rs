@@ -69,7 +69,13 @@ pub enum Mode {
     Down,
     /// Every route answers 500.
     ServerError,
+    /// Enroll answers by the key, as the real central API does: 403 "expired" for a key
+    /// starting with [`EXPIRED_KEY_PREFIX`], 202 for any other.
+    ByKey,
 }
+
+/// Keys the stand-in treats as expired in [`Mode::ByKey`].
+pub const EXPIRED_KEY_PREFIX: &str = "expired";
 
 /// One request the stand-in received.
 #[derive(Debug, Clone)]
@@ -348,6 +354,13 @@ fn route(
                 Mode::ExpiredKey => (403, message("attachment key has expired")),
                 Mode::InvalidKey => (403, message("attachment key is not valid")),
                 Mode::AlreadyEnrolled => (200, message("instance already enrolled")),
+                Mode::ByKey
+                    if body["attachment_key"]
+                        .as_str()
+                        .is_some_and(|k| k.starts_with(EXPIRED_KEY_PREFIX)) =>
+                {
+                    (403, message("attachment key has expired"))
+                }
                 _ => (202, message("enrollment pending approval in the console")),
             }
         }
