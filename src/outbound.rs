@@ -157,7 +157,7 @@ pub fn classify(
         out.fix = format!(
             "the name {host} does not resolve: check the DNS resolver (/etc/resolv.conf) and {url_from}"
         );
-    } else if timed_out || lower.contains("timed out") {
+    } else if timed_out || lower.contains("timed out") || lower.contains("timeout") {
         out.cause = Cause::Timeout;
         out.fix = format!(
             "outbound TCP to {hostport} must be open (a firewall that drops packets looks like this)"
