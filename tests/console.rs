@@ -370,15 +370,7 @@ async fn forced_heartbeat_reports_success_and_failure() {
     let (_, st) = admin.get("/status").await;
     assert_eq!(st["console"]["last_heartbeat"]["ok"], true, "{st}");
     assert_eq!(st["console"]["state"], "not_enrolled");
-    let check = |diag: &Value, name: &str| {
-        diag["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} check in {diag}"))
-    };
+    let check = check_named;
     let (_, diag) = admin.get("/diagnostics/config").await;
     assert_eq!(check(&diag, "heartbeat")["status"], "ok", "{diag}");
     assert_eq!(check(&diag, "console")["status"], "warn", "{diag}");
