@@ -19,7 +19,7 @@
 //!   [`config`]; [`config`] imports nothing from it ([`app::load_config`] adds its checks).
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
 //!   heartbeat poller; [`outbound`]: why a call to the central API failed, with its fix
-//!   (used by [`console`], [`admin`] and [`cli`]).
+//!   (used by [`console`], [`admin`] and [`engine`]; [`cli`] shows what [`admin`] found).
 //! - [`app`]: wires the parts together under one shutdown signal; [`notify`]: its
 //!   sd_notify messages to systemd (ready, status, watchdog, stopping).
 //! - [`geoip`]: countries of decisions from a MaxMind-format database.
