@@ -358,13 +358,16 @@ fn a_failing_proxy_is_named_instead_of_the_central_api() {
         )),
         "{c}"
     );
-    // NO_PROXY naming the host: the proxy is not used, and not blamed.
+    // NO_PROXY naming the host: the proxy is not used (it is a listener that never
+    // answers, so going through it would be a timeout), and not blamed.
+    let silent_proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_proxy = format!("http://{}", silent_proxy.local_addr().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let (_d, _, port) = daemon_with(
         dir.path(),
         &format!("http://127.0.0.1:{}", free_port()),
         "",
-        &[("HTTP_PROXY", &proxy), ("NO_PROXY", "127.0.0.1")],
+        &[("HTTP_PROXY", &silent_proxy), ("NO_PROXY", "127.0.0.1")],
     );
     let conn = admin_get(
         dir.path(),
