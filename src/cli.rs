@@ -454,13 +454,36 @@ pub fn diagnose(config: &Config, t: &Target, as_json: bool) -> ExitCode {
             ) {
                 let capi = &c.body["capi"];
                 checks.push(match capi["status"].as_str() {
-                    Some("reachable") => check("capi", "ok", format!("{} answers in {} ms", capi["url"].as_str().unwrap_or(""), capi["latency_ms"]), None),
-                    _ => check(
+                    Some("reachable") => check(
                         "capi",
-                        "warn",
-                        format!("the central API is unreachable: {}", capi["error"].as_str().unwrap_or("unknown")),
-                        Some("only the CrowdSec engine needs it (community blocklist, console); open outbound HTTPS if you use those"),
+                        "ok",
+                        format!(
+                            "{} answers in {} ms",
+                            capi["url"].as_str().unwrap_or(""),
+                            capi["latency_ms"]
+                        ),
+                        None,
                     ),
+                    _ => {
+                        let mut c = check(
+                            "capi",
+                            "warn",
+                            capi["error"]
+                                .as_str()
+                                .unwrap_or("the central API is unreachable"),
+                            Some(&format!(
+                            "{}; only the CrowdSec engine needs it (community blocklist, console)",
+                            capi["fix"].as_str().unwrap_or("open outbound HTTPS to it")
+                        )),
+                        );
+                        // The classification, for scripts: refused, timeout, dns, proxy, tls.
+                        for k in ["cause", "proxy", "proxy_env"] {
+                            if !capi[k].is_null() {
+                                c[k] = capi[k].clone();
+                            }
+                        }
+                        c
+                    }
                 });
             }
         }

@@ -40,14 +40,18 @@
 //! then every `heartbeat_interval`.
 
 use crate::config::Config;
+use crate::outbound::{Cause, Unreachable};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+pub use standing::Standing;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::{error, info, info_span, warn, Instrument};
+
+mod standing;
 
 /// Attempts of one enrollment (only transient failures are tried again).
 pub const ATTEMPTS: u32 = 3;
@@ -215,6 +219,21 @@ pub struct Heartbeat {
     pub at: String,
     pub latency_ms: u64,
     pub error: Option<String>,
+    /// When the central API was not reached: why (`refused`, `timeout`, `dns`, `proxy`, `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+/// Why a heartbeat failed: the central API not reached (classified), or anything else.
+enum HeartbeatError {
+    Unreachable(Unreachable),
+    Other(String),
+}
+
+impl From<String> for HeartbeatError {
+    fn from(e: String) -> HeartbeatError {
+        HeartbeatError::Other(e)
+    }
 }
 
 /// What `console.json` holds.
@@ -263,6 +282,10 @@ pub struct Console {
     busy: AtomicBool,
     /// `v2` or `v3`: what the engine speaks to the central API (from `cscli version`).
     api_version: tokio::sync::OnceCell<&'static str>,
+    /// When this cerberus started (a poller that never sent a heartbeat is late from here).
+    started: SystemTime,
+    /// Whether the heartbeat poller task runs.
+    poller_alive: AtomicBool,
 }
 
 fn now_rfc3339() -> String {
@@ -322,6 +345,8 @@ impl Console {
             saved: Mutex::new(saved),
             busy: AtomicBool::new(false),
             api_version: tokio::sync::OnceCell::new(),
+            started: SystemTime::now(),
+            poller_alive: AtomicBool::new(false),
         })
     }
 
@@ -358,6 +383,18 @@ impl Console {
             .clone()
     }
 
+    /// Whether the poller runs and what the console shows for the engine.
+    pub fn standing(&self) -> Standing {
+        standing::standing(
+            self.last_heartbeat().as_ref(),
+            SystemTime::now(),
+            self.started,
+            self.settings.heartbeat_interval,
+            self.state() == EnrollState::Enrolled,
+            self.poller_alive.load(Ordering::Acquire),
+        )
+    }
+
     /// `GET /console/status`: the enrollment, the central API, the heartbeats.
     pub fn status(&self) -> Value {
         let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -386,12 +423,15 @@ impl Console {
     /// The `console` object of `GET /status`.
     pub fn summary(&self) -> Value {
         let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-        json!({
+        let mut out = json!({
             "state": saved.state,
             "reason": saved.reason,
             "enrolled_at": saved.enrolled_at,
             "last_heartbeat": saved.last_heartbeat,
-        })
+        });
+        drop(saved);
+        out["standing"] = json!(self.standing());
+        out
     }
 
     /// Enrolls the engine; runs to its end even when the caller goes away. On success
@@ -577,11 +617,17 @@ impl Console {
     async fn heartbeat_inner(&self) -> Heartbeat {
         let started = Instant::now();
         let result = self.try_heartbeat().await;
+        let (error, cause) = match result {
+            Ok(()) => (None, None),
+            Err(HeartbeatError::Unreachable(u)) => (Some(u.message()), Some(u.cause)),
+            Err(HeartbeatError::Other(e)) => (Some(e), None),
+        };
         let hb = Heartbeat {
-            ok: result.is_ok(),
+            ok: error.is_none(),
             at: now_rfc3339(),
             latency_ms: started.elapsed().as_millis() as u64,
-            error: result.err(),
+            error,
+            cause,
         };
         match &hb.error {
             None => {
@@ -631,8 +677,8 @@ impl Console {
             .await
     }
 
-    async fn try_heartbeat(&self) -> Result<(), String> {
-        let engine = read_engine(&self.settings.engine_config)?;
+    async fn try_heartbeat(&self) -> Result<(), HeartbeatError> {
+        let engine = read_engine(&self.settings.engine_config).map_err(HeartbeatError::Other)?;
         let v = self.api_version().await;
         let unreachable = |e: reqwest::Error| {
             let why = if e.is_timeout() {
@@ -640,7 +686,9 @@ impl Console {
             } else {
                 crate::lapi::root_cause(&e)
             };
-            unreachable_message(&engine, &why, e.is_timeout(), |k| std::env::var(k).ok())
+            HeartbeatError::Unreachable(unreachable_of(&engine, &why, e.is_timeout(), |k| {
+                std::env::var(k).ok()
+            }))
         };
         let login = self
             .http
@@ -660,19 +708,23 @@ impl Console {
                 "the central API refused the engine's login (HTTP {status}: {}); the online credentials in {} are wrong or revoked: run `cscli capi register` on the engine and restart it",
                 api_message(&body),
                 engine.credentials_path.display()
-            ));
+            )
+            .into());
         }
         if !(200..300).contains(&status) {
             return Err(format!(
                 "the central API answered the login with HTTP {status}: {}",
                 api_message(&body)
-            ));
+            )
+            .into());
         }
         let token = serde_json::from_str::<Value>(&body)
             .ok()
             .and_then(|v| v.get("token")?.as_str().map(str::to_string))
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| "the central API's login answer has no token".to_string())?;
+            .ok_or_else(|| {
+                HeartbeatError::from("the central API's login answer has no token".to_string())
+            })?;
         let resp = self
             .http
             .get(format!("{}{v}/heartbeat", engine.url))
@@ -689,13 +741,21 @@ impl Console {
             "GET {}{v}/heartbeat answered HTTP {status}: {}",
             engine.url,
             api_message(&body)
-        ))
+        )
+        .into())
     }
 
     /// A heartbeat at start, then every `heartbeat_interval`, until `shutdown`.
     pub async fn run_poller(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let interval = self.settings.heartbeat_interval;
         let span = self.span();
+        /// Clears `poller_alive` however the poller ends.
+        struct Alive<'a>(&'a AtomicBool);
+        impl Drop for Alive<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         async move {
             if interval.is_zero() {
                 info!("[HEARTBEAT_POLLER] off (heartbeat_interval is 0s)");
@@ -705,6 +765,8 @@ impl Console {
                 "[HEARTBEAT_POLLER] checking the engine's standing with the central API every {}",
                 humantime::format_duration(interval)
             );
+            self.poller_alive.store(true, Ordering::Release);
+            let _alive = Alive(&self.poller_alive);
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -902,82 +964,16 @@ fn installed_scenarios(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The proxy that a request to `url` goes through, from `HTTPS_PROXY`/`HTTP_PROXY` (or
-/// their lower-case forms) unless `NO_PROXY` names its host, as reqwest picks it:
-/// `(variable, proxy)`.
-fn proxy_for(url: &str, env: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
-    let https = url.starts_with("https://");
-    let host = url
-        .split_once("://")
-        .map(|(_, r)| r)
-        .unwrap_or(url)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or("");
-    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    let get = |k: &str| {
-        env(k)
-            .or_else(|| env(&k.to_ascii_lowercase()))
-            .filter(|v| !v.trim().is_empty())
-    };
-    if let Some(no) = get("NO_PROXY") {
-        let hit = no.split(',').map(str::trim).any(|n| {
-            n == "*" || {
-                let n = n.trim_start_matches('.');
-                !n.is_empty() && (host == n || host.ends_with(&format!(".{n}")))
-            }
-        });
-        if hit {
-            return None;
-        }
-    }
-    let var = if https { "HTTPS_PROXY" } else { "HTTP_PROXY" };
-    get(var)
-        .map(|p| (var.to_string(), p))
-        .or_else(|| get("ALL_PROXY").map(|p| ("ALL_PROXY".to_string(), p)))
-}
-
-/// Why the central API could not be reached, named with its fix: through a proxy (the
-/// proxy is what failed), connection refused, a timeout, or a name that does not resolve.
-fn unreachable_message(
+/// Why the central API could not be reached, classified with its fix
+/// ([`crate::outbound::classify`]); the DNS fix names the engine's credentials file.
+fn unreachable_of(
     engine: &Engine,
     why: &str,
     timed_out: bool,
     env: impl Fn(&str) -> Option<String>,
-) -> String {
-    let url = &engine.url;
-    if let Some((var, proxy)) = proxy_for(url, env) {
-        return format!(
-            "the central API at {url} is unreachable through the proxy {proxy} (from {var}): {why}; \
-             check that the proxy runs and lets CONNECT to {} through, or add the host to NO_PROXY",
-            engine.hostport
-        );
-    }
-    let lower = why.to_ascii_lowercase();
-    let host = engine
-        .hostport
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(&engine.hostport);
-    let fix = if lower.contains("dns")
-        || lower.contains("lookup")
-        || lower.contains("name or service not known")
-        || lower.contains("no such host")
-        || lower.contains("name resolution")
-    {
-        format!(
-            "the name {host} does not resolve: check the DNS resolver (/etc/resolv.conf) and the url in {}",
-            engine.credentials_path.display()
-        )
-    } else if timed_out {
-        format!(
-            "outbound TCP to {} must be open (a firewall that drops packets looks like this)",
-            engine.hostport
-        )
-    } else {
-        format!("outbound TCP to {} must be open", engine.hostport)
-    };
-    format!("the central API at {url} is unreachable ({why}); {fix}")
+) -> Unreachable {
+    let from = format!("the url in {}", engine.credentials_path.display());
+    crate::outbound::classify(&engine.url, why, timed_out, &from, env)
 }
 
 /// The central API version of a cscli whose `cscli version` printed `text`
@@ -1489,63 +1485,56 @@ mod tests {
             }
         };
         let e = engine();
-        let none = env(&[]);
+        let m = |why: &str, timed_out: bool, pairs: &'static [(&'static str, &'static str)]| {
+            unreachable_of(&e, why, timed_out, env(pairs)).message()
+        };
         // A dead proxy: the proxy is named, not api.crowdsec.net:443.
-        let m = unreachable_message(
-            &e,
+        let t = m(
             "connection refused",
             false,
-            env(&[("HTTPS_PROXY", "http://127.0.0.1:3128")]),
+            &[("HTTPS_PROXY", "http://127.0.0.1:3128")],
         );
         assert!(
-            m.contains("through the proxy http://127.0.0.1:3128 (from HTTPS_PROXY)"),
-            "{m}"
+            t.contains("through the proxy 127.0.0.1:3128 (from HTTPS_PROXY)"),
+            "{t}"
         );
-        let m = unreachable_message(
-            &e,
+        let t = m(
             "connection refused",
             false,
-            env(&[("https_proxy", "http://p:8080")]),
+            &[("https_proxy", "http://p:8080")],
         );
-        assert!(m.contains("http://p:8080"), "{m}");
+        assert!(t.contains("p:8080"), "{t}");
         // NO_PROXY covers the host: no proxy.
-        let m = unreachable_message(
-            &e,
+        let t = m(
             "connection refused",
             false,
-            env(&[
+            &[
                 ("HTTPS_PROXY", "http://p:1"),
                 ("NO_PROXY", "localhost,.crowdsec.net"),
-            ]),
+            ],
         );
         assert!(
-            !m.contains("proxy") && m.contains("outbound TCP to api.crowdsec.net:443"),
-            "{m}"
+            !t.contains("proxy") && t.contains("outbound TCP to api.crowdsec.net:443"),
+            "{t}"
         );
-        // HTTP_PROXY is not used for https.
-        assert!(proxy_for(
-            "https://api.crowdsec.net/",
-            env(&[("HTTP_PROXY", "http://p:1")])
-        )
-        .is_none());
-        assert!(proxy_for("http://127.0.0.1:9/", env(&[("HTTP_PROXY", "http://p:1")])).is_some());
-        // DNS, timeout, refused.
-        let m = unreachable_message(
-            &e,
+        // DNS (the fix names the credentials file), timeout, refused.
+        let t = m(
             "failed to lookup address information: Name or service not known",
             false,
-            none,
+            &[],
         );
         assert!(
-            m.contains("does not resolve") && m.contains("resolv.conf"),
-            "{m}"
+            t.contains("does not resolve")
+                && t.contains("resolv.conf")
+                && t.contains("online_api_credentials"),
+            "{t}"
         );
-        let m = unreachable_message(&e, "no answer within 10s", true, none);
-        assert!(m.contains("drops packets"), "{m}");
-        let m = unreachable_message(&e, "connection refused", false, none);
+        let t = m("no answer within 10s", true, &[]);
+        assert!(t.contains("drops packets"), "{t}");
+        let t = m("connection refused", false, &[]);
         assert!(
-            m.contains("outbound TCP to api.crowdsec.net:443 must be open"),
-            "{m}"
+            t.contains("outbound TCP to api.crowdsec.net:443 must be open"),
+            "{t}"
         );
     }
 

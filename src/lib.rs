@@ -18,7 +18,8 @@
 //!   restart, stop; credentials) and hub presets (browse, install, remove). It reads
 //!   [`config`]; [`config`] imports nothing from it ([`app::load_config`] adds its checks).
 //! - [`console`]: CrowdSec console enrollment (through the engine's cscli) and the
-//!   heartbeat poller.
+//!   heartbeat poller; [`outbound`]: why a call to the central API failed, with its fix
+//!   (used by [`console`], [`admin`] and [`engine`]; [`cli`] shows what [`admin`] found).
 //! - [`app`]: wires the parts together under one shutdown signal; [`notify`]: its
 //!   sd_notify messages to systemd (ready, status, watchdog, stopping).
 //! - [`geoip`]: countries of decisions from a MaxMind-format database.
@@ -39,6 +40,7 @@ pub mod geoip;
 pub mod lapi;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod persist;
 pub mod secure_file;
 pub mod serve;

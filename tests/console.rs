@@ -370,15 +370,7 @@ async fn forced_heartbeat_reports_success_and_failure() {
     let (_, st) = admin.get("/status").await;
     assert_eq!(st["console"]["last_heartbeat"]["ok"], true, "{st}");
     assert_eq!(st["console"]["state"], "not_enrolled");
-    let check = |diag: &Value, name: &str| {
-        diag["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} check in {diag}"))
-    };
+    let check = check_named;
     let (_, diag) = admin.get("/diagnostics/config").await;
     assert_eq!(check(&diag, "heartbeat")["status"], "ok", "{diag}");
     assert_eq!(check(&diag, "console")["status"], "warn", "{diag}");
@@ -605,4 +597,140 @@ async fn heartbeat_names_dns_failures_and_timeouts_with_their_fix() {
     );
     drop(silent);
     app.stop().await;
+}
+
+/// The check called `name` in a `/diagnostics/config` answer.
+fn check_named(diag: &Value, name: &str) -> Value {
+    diag["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} check in {diag}"))
+}
+
+/// Troubleshooting row "the engine shown offline in the console": an engine enrolled by
+/// the real cscli whose heartbeat fails (the central API down) is said to be shown
+/// offline, with the failure's own fix, by `/status` and `/diagnostics/config`; online
+/// again once a heartbeat passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_engine_whose_heartbeat_fails_is_shown_offline() {
+    let (capi, _engine, _dir, app, admin) = scene(Mode::Ok).await;
+    let (status, body) = enroll(&admin, json!({"enrollment_key": new_key()})).await;
+    assert_eq!(status, 200, "{body}");
+
+    capi.set_mode(Mode::Down).await;
+    let (_, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(hb["ok"], false, "{hb}");
+    assert_eq!(hb["cause"], "refused", "{hb}");
+    let (_, st) = admin.get("/status").await;
+    let standing = &st["console"]["standing"];
+    assert_eq!(standing["console"], "offline", "{st}");
+    let detail = standing["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the CrowdSec console shows this engine offline")
+            && detail.contains(&format!(
+                "outbound TCP to 127.0.0.1:{} must be open",
+                capi.port
+            )),
+        "{detail}"
+    );
+    assert!(
+        standing["fix"]
+            .as_str()
+            .unwrap()
+            .contains("console/heartbeat"),
+        "{st}"
+    );
+    let (_, diag) = admin.get("/diagnostics/config").await;
+    let online = check_named(&diag, "console_online");
+    assert_eq!(online["status"], "fail", "{online}");
+    assert!(online["fix"].is_string(), "{online}");
+    assert_eq!(check_named(&diag, "heartbeat")["status"], "fail", "{diag}");
+
+    capi.set_mode(Mode::Ok).await;
+    let (_, hb) = admin.post_empty("/console/heartbeat").await;
+    assert_eq!(hb["ok"], true, "{hb}");
+    let (_, st) = admin.get("/status").await;
+    assert_eq!(st["console"]["standing"]["console"], "online", "{st}");
+    let (_, diag) = admin.get("/diagnostics/config").await;
+    assert_eq!(
+        check_named(&diag, "console_online")["status"],
+        "ok",
+        "{diag}"
+    );
+    app.stop().await;
+}
+
+/// Troubleshooting row "the heartbeat not running": the poller (every second) beats, then
+/// the engine's central API becomes a listener that never answers, so no heartbeat
+/// finishes; past two intervals `/status` and `/diagnostics/config` say the poller has
+/// sent none since the last, why (its heartbeat has not finished), that the console shows
+/// the engine offline, and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_that_sends_no_heartbeat_for_two_intervals_is_named() {
+    support::logs();
+    let capi = Capi::start(Mode::Ok).await;
+    let engine = EngineConfig::new(&capi);
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), Some(&engine), Duration::from_secs(1)).await;
+    let admin = AdminClient::new(&app);
+    let (status, body) = enroll(&admin, json!({"enrollment_key": new_key()})).await;
+    assert_eq!(status, 200, "{body}");
+    support::wait_for("a successful heartbeat", 15, || {
+        !capi.seen_at(&capi.path("heartbeat")).is_empty()
+    })
+    .await;
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        &engine.credentials,
+        format!(
+            "url: http://{}/\nlogin: {}\npassword: {}\n",
+            silent.local_addr().unwrap(),
+            capi.login,
+            capi.password
+        ),
+    )
+    .unwrap();
+    let mut last = Value::Null;
+    for _ in 0..40 {
+        let (_, st) = admin.get("/status").await;
+        last = st["console"]["standing"].clone();
+        if last["poller"] == "not_running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(last["poller"], "not_running", "{last}");
+    assert_eq!(last["console"], "offline", "{last}");
+    let detail = last["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("has sent no heartbeat since")
+            && detail.contains("more than two intervals of 1s")
+            && detail.contains("its heartbeat has not finished"),
+        "{detail}"
+    );
+    assert!(
+        last["fix"].as_str().unwrap().contains("restart cerberus"),
+        "{last}"
+    );
+    let (_, diag) = admin.get("/diagnostics/config").await;
+    let hb = check_named(&diag, "heartbeat");
+    assert_eq!(hb["status"], "fail", "{hb}");
+    assert!(
+        hb["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has sent no heartbeat since"),
+        "{hb}"
+    );
+    assert_eq!(
+        check_named(&diag, "console_online")["status"],
+        "fail",
+        "{diag}"
+    );
+    app.stop().await;
+    drop(silent);
 }

@@ -179,6 +179,15 @@ async fn with_the_central_api_down_the_engine_runs_and_local_bans_work() {
                 why.contains("did not answer") && why.contains(&capi_port(&st, &engine)),
                 "{why}"
             );
+            // Classified as the heartbeat and diagnose classify it, with the fix.
+            assert_eq!(capi["cause"], "refused", "{st}");
+            assert!(
+                capi["fix"].as_str().unwrap().contains(&format!(
+                    "outbound TCP to {} must be open",
+                    capi_port(&st, &engine)
+                )),
+                "{st}"
+            );
         } else {
             // 1.4.6 starts with its central API down and keeps trying.
             assert!(!engine_args(&st).contains("-no-capi"));

@@ -74,14 +74,11 @@ async fn lapi_health(admin: &Admin) -> Value {
     }
 }
 
-/// The central API: any HTTP answer means reachable.
+/// The central API: any HTTP answer means reachable; a failure is classified
+/// ([`crate::outbound`]) with its cause, fix, and the proxy when one was used.
 async fn capi_probe(admin: &Admin) -> Value {
     let url = &admin.config.capi_url;
     let started = Instant::now();
-    let hostport = reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-        .unwrap_or_else(|| url.clone());
     match admin.http.get(url).timeout(PROBE_TIMEOUT).send().await {
         Ok(resp) => json!({
             "status": "reachable",
@@ -90,16 +87,24 @@ async fn capi_probe(admin: &Admin) -> Value {
             "http_status": resp.status().as_u16(),
         }),
         Err(e) => {
-            let why = if e.is_timeout() {
-                format!("no answer within {}s", PROBE_TIMEOUT.as_secs())
-            } else {
-                crate::lapi::root_cause(&e)
-            };
-            json!({
+            let u = crate::outbound::of_reqwest(
+                url,
+                &e,
+                PROBE_TIMEOUT,
+                "capi_url in the cerberus config",
+            );
+            let mut out = json!({
                 "status": "unreachable",
                 "url": url,
-                "error": format!("{why}; outbound TCP to {hostport} must be open"),
-            })
+                "cause": u.cause,
+                "error": u.message(),
+                "fix": u.fix,
+            });
+            if let (Some(p), Some(var)) = (u.proxy, u.proxy_env) {
+                out["proxy"] = json!(p);
+                out["proxy_env"] = json!(var);
+            }
+            out
         }
     }
 }
@@ -296,8 +301,9 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
     out
 }
 
-/// `console` (the enrollment) and `heartbeat` (the last one, as the poller left it).
-fn console_checks(admin: &Admin) -> [Check; 2] {
+/// `console` (the enrollment), `heartbeat` (the last one, and whether the poller still
+/// runs) and `console_online` (whether the console shows the engine online).
+fn console_checks(admin: &Admin) -> [Check; 3] {
     use crate::console::EnrollState;
     let Some(console) = &admin.console else {
         let why =
@@ -305,6 +311,7 @@ fn console_checks(admin: &Admin) -> [Check; 2] {
         return [
             Check::new("console", "skip", why),
             Check::new("heartbeat", "skip", why),
+            Check::new("console_online", "skip", why),
         ];
     };
     let status = console.status();
@@ -324,26 +331,62 @@ fn console_checks(admin: &Admin) -> [Check; 2] {
         EnrollState::Failed => Check::new("console", "fail", format!("the last enrollment failed: {reason}"))
             .fix("follow the advice in the reason, then enroll again (POST /api/v1/cerberus/crowdsec/console/enroll)"),
     };
-    let interval = console.settings().heartbeat_interval;
+    let standing = console.standing();
     let heartbeat = match console.last_heartbeat() {
+        _ if standing.poller == "not_running" => {
+            Check::new("heartbeat", "fail", standing.detail.clone())
+        }
         Some(hb) if hb.ok => Check::new(
             "heartbeat",
             "ok",
-            format!("the central API accepted the engine's heartbeat at {} ({} ms)", hb.at, hb.latency_ms),
+            format!(
+                "the central API accepted the engine's heartbeat at {} ({} ms)",
+                hb.at, hb.latency_ms
+            ),
         ),
         // Only an enrolled engine is expected to stand well with the central API.
         Some(hb) => Check::new(
             "heartbeat",
-            if console.state() == EnrollState::Enrolled { "fail" } else { "warn" },
-            format!("the last heartbeat ({}) failed: {}", hb.at, hb.error.unwrap_or_default()),
-        )
-        .fix("fix what the error names, then POST /api/v1/cerberus/crowdsec/console/heartbeat to check at once"),
-        None if interval.is_zero() => Check::new("heartbeat", "warn", "no heartbeat yet and the poller is off (heartbeat_interval: 0s)")
-            .fix("POST /api/v1/cerberus/crowdsec/console/heartbeat to check the engine's standing now"),
-        None => Check::new("heartbeat", "warn", "no heartbeat has finished yet (the poller sends one at start)")
-            .fix("wait a few seconds, or POST /api/v1/cerberus/crowdsec/console/heartbeat"),
+            if console.state() == EnrollState::Enrolled {
+                "fail"
+            } else {
+                "warn"
+            },
+            format!(
+                "the last heartbeat ({}) failed: {}",
+                hb.at,
+                hb.error.unwrap_or_default()
+            ),
+        ),
+        None => Check::new("heartbeat", "warn", standing.detail.clone()),
     };
-    [enroll, heartbeat]
+    let heartbeat = match (&standing.fix, heartbeat.status) {
+        (Some(fix), "fail" | "warn") => heartbeat.fix(fix.clone()),
+        _ => heartbeat,
+    };
+    let online = match standing.console {
+        "online" => Check::new(
+            "console_online",
+            "ok",
+            "the CrowdSec console shows this engine online",
+        ),
+        "offline" => Check::new("console_online", "fail", standing.detail.clone()),
+        "not_enrolled" => Check::new(
+            "console_online",
+            "skip",
+            "the engine is not enrolled in the console",
+        ),
+        _ => Check::new(
+            "console_online",
+            "warn",
+            format!("not known yet: {}", standing.detail),
+        ),
+    };
+    let online = match (&standing.fix, online.status) {
+        (Some(fix), "fail" | "warn") => online.fix(fix.clone()),
+        _ => online,
+    };
+    [enroll, heartbeat, online]
 }
 
 /// The managed engine: its config, acquisition and credential files, and its process.

@@ -63,6 +63,19 @@ pub struct CapiPlan {
     /// Why the community blocklist is off, with the fix.
     pub reason: Option<String>,
     pub credentials_path: Option<PathBuf>,
+    /// When the central API did not answer at the engine's start: why, classified
+    /// ([`crate::outbound`]), and its fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<crate::outbound::Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The `url` of an online credentials file (`online_api_credentials.yaml`), if it has one.
+pub fn online_url(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let creds: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).ok()?;
+    creds.get("url")?.as_str().map(str::to_string)
 }
 
 impl EngineConfigInfo {
@@ -73,6 +86,8 @@ impl EngineConfigInfo {
             enabled: false,
             reason: Some(reason),
             credentials_path: self.online_credentials.clone(),
+            cause: None,
+            fix: None,
         };
         let Some(path) = &self.online_credentials else {
             return off(format!(
@@ -112,6 +127,8 @@ impl EngineConfigInfo {
             enabled: true,
             reason: None,
             credentials_path: Some(path.clone()),
+            cause: None,
+            fix: None,
         }
     }
 }

@@ -27,6 +27,7 @@
 mod credentials;
 mod process;
 
+use crate::engine::config::online_url;
 pub use crate::engine::config::{read_engine_config, resolve_binary, CapiPlan, EngineConfigInfo};
 pub use process::ExitInfo;
 use process::{describe_status, Notify, Proc};
@@ -682,14 +683,34 @@ impl Inner {
                 warn!(
                     "[CROWDSEC_STARTUP] the engine did not start with its central API ({said}); starting it with -no-capi"
                 );
+                // The engine inherits cerberus's environment, so the same proxy applies.
+                let why = capi
+                    .credentials_path
+                    .as_deref()
+                    .and_then(online_url)
+                    .map(|url| {
+                        let from = format!(
+                            "the url in {}",
+                            capi.credentials_path
+                                .as_deref()
+                                .unwrap_or(Path::new(""))
+                                .display()
+                        );
+                        crate::outbound::classify(&url, &said, false, &from, |k| {
+                            std::env::var(k).ok()
+                        })
+                    });
                 let off = CapiPlan {
                     enabled: false,
                     reason: Some(format!(
                         "the central API did not answer at the engine's start ({said}); the engine runs \
                          with -no-capi until its next start. Outbound HTTPS to the central API \
-                         (a proxy in HTTPS_PROXY, DNS, a firewall) must work: see diagnose"
+                         (a proxy in HTTPS_PROXY, DNS, a firewall) must work: {}",
+                        why.as_ref().map(|u| u.fix.as_str()).unwrap_or("see diagnose")
                     )),
                     credentials_path: capi.credentials_path,
+                    cause: why.as_ref().map(|u| u.cause),
+                    fix: why.map(|u| u.fix),
                 };
                 self.launch_once(off).await
             }
