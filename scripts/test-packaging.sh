@@ -175,7 +175,8 @@ contents() {
     # The packaged config passes `cerberus check` once the postinst wrote a key (and
     # systemd made /run/cerberus: here, a directory of ours).
     local conf=$WORK/check.yaml
-    echo test-key >"$WORK/api_key"
+    # 0600, as the postinst writes it: `cerberus check` refuses a key others can read.
+    (umask 077 && echo test-key >"$WORK/api_key")
     sed -e "s|^api_key_file: .*|api_key_file: $WORK/api_key|" \
         -e "s|^socket: .*|socket: $WORK/cerberus.sock|" "$root$CONF" >"$conf"
     "$root/usr/bin/cerberus" check -c "$conf" >/dev/null || fail "cerberus check refuses the packaged config"
