@@ -23,8 +23,8 @@
 //! - [`app`]: wires the parts together under one shutdown signal; [`notify`]: its
 //!   sd_notify messages to systemd (ready, status, watchdog, stopping).
 //! - [`geoip`]: countries of decisions from a MaxMind-format database.
-//! - [`duration`], [`clock`], [`metrics`]: small shared pieces; [`secure_file`]: files
-//!   written without following symlinks.
+//! - [`duration`], [`clock`], [`metrics`], [`escape`]: small shared pieces;
+//!   [`secure_file`]: files written without following symlinks.
 
 pub mod admin;
 pub mod app;
@@ -36,6 +36,7 @@ pub mod control;
 pub mod decision;
 pub mod duration;
 pub mod engine;
+pub mod escape;
 pub mod geoip;
 pub mod lapi;
 pub mod metrics;

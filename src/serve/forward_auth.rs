@@ -296,7 +296,7 @@ impl Page<'_> {
                 _ => None,
             };
             match value {
-                Some(v) => escape_html(&v, &mut out),
+                Some(v) => crate::escape::html_into(&v, &mut out),
                 None => out.push_str(&rest[start..start + 2 + end + 2]),
             }
             rest = &after[end + 2..];
@@ -319,19 +319,6 @@ impl Page<'_> {
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
-}
-
-fn escape_html(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
 }
 
 /// Binds the listener (a stale Unix socket file is replaced, a live one refused) and

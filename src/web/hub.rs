@@ -13,15 +13,8 @@ use std::fmt::Write;
 
 /// Items shown at most on one page (a search narrows it).
 const SHOWN: usize = 200;
-const TYPES: &[&str] = &[
-    "collections",
-    "parsers",
-    "scenarios",
-    "postoverflows",
-    "contexts",
-    "appsec-configs",
-    "appsec-rules",
-];
+/// The item types, in the order the engine's hub lists them.
+const TYPES: &[&str] = crate::engine::hub::TYPE_ORDER;
 /// The seed's popular presets, one click away.
 const POPULAR: &[(&str, &str)] = &[
     ("HTTP probing", "http-probing"),
