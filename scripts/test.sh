@@ -254,10 +254,15 @@ retry_failed_targets() {
     shift
     # Only integration test binaries are retried: a failing unit or doc test fails.
     grep -qE '^[[:space:]]+`--(lib|doc|bin|bench|example)' "$log" && return 1
-    while IFS= read -r t; do
+    # cargo names each failed target as `--test NAME`, or `-p PKG --test NAME` in a
+    # workspace run.
+    local pkg
+    while read -r pkg t; do
         targets+=("$t")
+        [[ "$pkg" == - ]] || args+=(-p "$pkg")
         args+=(--test "$t")
-    done < <(sed -nE 's/^[[:space:]]+`--test ([A-Za-z0-9_]+)`$/\1/p' "$log")
+    done < <(sed -nE 's/^[[:space:]]+`(-p ([A-Za-z0-9_-]+) )?--test ([A-Za-z0-9_]+)`$/\2 \3/p' "$log" |
+        sed -E 's/^ /- /')
     ((${#targets[@]})) || return 1
     say ""
     say "test.sh: retrying once, alone: ${targets[*]}"
