@@ -6,38 +6,19 @@
 //! Also timed: `DELETE /decisions/{id}` (finds the id by a scan) and a `GET /decisions`
 //! page. Run: `cargo bench --bench admin_unban` (or `-- 100000` for another size).
 
+mod common;
+
 use cerberus::decision::{Decision, Target};
-use std::net::{IpAddr, Ipv4Addr};
+use common::{ip, percentile, runtime, size_arg, standalone_config};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-fn ip(i: u32) -> Ipv4Addr {
-    // Spread over 10.0.0.0/8 and beyond, away from the ranges (172.16/12).
-    Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761) >> 4))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let n = size_arg(1_000_000);
+    let rt = runtime();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let config = cerberus::config::Config {
-            data_dir: dir.path().to_path_buf(),
-            socket: dir.path().join("cerberus.sock"),
-            forward_auth_listen: cerberus::config::Listen::Off,
-            admin_listen: cerberus::config::Listen::Tcp("127.0.0.1:0".into()),
-            ..Default::default()
-        };
+        let config = standalone_config(dir.path());
         let app = cerberus::app::start(config).await.unwrap();
         let expires = cerberus::clock::now_secs_precise() + 86_400;
         let mut batch = Vec::with_capacity(100_000);
