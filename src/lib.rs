@@ -1,7 +1,8 @@
 //! cerberus: a CrowdSec remediation component (bouncer) for Caddy.
 //!
 //! # Layout
-//! - [`config`]: the YAML config, `CERBERUS_<KEY>` overrides and `cerberus check`.
+//! - [`config`]: the YAML config, `CERBERUS_<KEY>` overrides and `cerberus check`
+//!   (`config/reader.rs` typed values, `config/build.rs` the keys and their checks).
 //! - [`decision`]: LAPI decisions parsed and normalised; remediation order.
 //! - [`store`]: the snapshot that lookups read (no I/O), its writer, and the decider.
 //! - [`lapi`]: the LAPI client (streaming parse) and the sync loop.
