@@ -17,6 +17,8 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
+# One build per run: incremental compilation only costs disk (GBs) and time here.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # System packages the tests need, as COMMAND:PACKAGE (installed when COMMAND is
 # missing). openssl makes the TLS test certificates; caddy (stock Caddy, for the
