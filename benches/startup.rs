@@ -131,7 +131,7 @@ fn main() {
         let data = work.path().join("data");
         let config = cerberus::config::Config {
             data_dir: data.clone(),
-            api_url: Some(url),
+            api_url: vec![url],
             api_key: Some("bench".into()),
             update_frequency: Duration::from_secs(3600),
             ..Default::default()
@@ -162,7 +162,7 @@ fn main() {
 
         // Restart with LAPI gone: everything comes back from SQLite.
         let mut offline = config.clone();
-        offline.api_url = Some("http://127.0.0.1:9".into());
+        offline.api_url = vec!["http://127.0.0.1:9".into()];
         let t = Instant::now();
         let app = cerberus::app::start(offline).await.unwrap();
         let reload = t.elapsed();

@@ -220,6 +220,27 @@ pick_port() {
     die "found no free port in $PORT_MIN-$PORT_MAX"
 }
 
+# The database: a sqlite file of the DIR's own, or, when CERBERUS_LAPI_PG_ENV names the
+# env file of scripts/postgres.sh, that PostgreSQL database (shared by every LAPI
+# started with it, as CrowdSec scales out).
+db_config() {
+    local dir=$1 pg=${CERBERUS_LAPI_PG_ENV:-}
+    if [[ -z "$pg" ]]; then
+        echo "  type: sqlite"
+        echo "  db_path: $(yaml_quote "$dir/crowdsec.db")"
+        echo "  use_wal: true"
+        return 0
+    fi
+    [[ -f "$pg" ]] || die "CERBERUS_LAPI_PG_ENV: no file $pg"
+    echo "  type: postgresql"
+    echo "  host: $(kv_get "$pg" PG_HOST)"
+    echo "  port: $(kv_get "$pg" PG_PORT)"
+    echo "  user: $(yaml_quote "$(kv_get "$pg" PG_USER)")"
+    echo "  password: $(yaml_quote "$(kv_get "$pg" PG_PASSWORD)")"
+    echo "  db_name: $(yaml_quote "$(kv_get "$pg" PG_DB)")"
+    echo "  sslmode: disable"
+}
+
 write_config() {
     local dir=$1 port=$2 prom_enabled=false prom_port=6060
     # From 1.6 on, `cscli metrics show bouncers` (which shows the usage metrics that
@@ -262,9 +283,7 @@ cscli:
   color: "no"
 db_config:
   log_level: info
-  type: sqlite
-  db_path: $(yaml_quote "$dir/crowdsec.db")
-  use_wal: true
+$(db_config "$dir")
   flush:
     max_items: 5000
     max_age: 7d
@@ -406,9 +425,12 @@ write_env() {
 
 # The first start of a DIR: one bouncer and one watcher, with known secrets.
 create_credentials() {
-    local dir=$1 key password
+    local dir=$1 key password suffix=""
     key=$(random_hex)
     password=$(random_hex)
+    # LAPIs on one shared database each need names of their own.
+    [[ -n "${CERBERUS_LAPI_PG_ENV:-}" ]] && suffix="-$(<"$dir/port")"
+    local BOUNCER_NAME="$BOUNCER_NAME$suffix" MACHINE_ID="$MACHINE_ID$suffix"
     "$CSCLI" -c "$dir/config.yaml" --error bouncers add "$BOUNCER_NAME" -k "$key" >/dev/null ||
         die "cscli bouncers add failed"
     "$CSCLI" -c "$dir/config.yaml" --error machines add "$MACHINE_ID" --password "$password" \

@@ -141,9 +141,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             if mode == "lapi" {
                 let client = LapiClient::new(&config)?;
                 let watcher = match (&config.machine_id, &config.machine_password) {
-                    (Some(id), Some(pw)) => Some(Arc::new(Watcher::new(
+                    (Some(id), Some(pw)) => Some(Arc::new(Watcher::following(
                         LapiClient::plain_http(&config)?,
-                        client.url(),
+                        client.endpoints().clone(),
                         id,
                         pw,
                     ))),

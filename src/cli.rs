@@ -553,11 +553,12 @@ pub fn diagnose(config: &Config, t: &Target, as_json: bool) -> ExitCode {
     }
 }
 
-/// LAPI `/health` checked from the CLI itself (when the daemon is down).
+/// LAPI `/health` checked from the CLI itself (when the daemon is down): every URL of
+/// `api_url`, ok when one answers (the daemon would use the first that does).
 fn lapi_from_here(config: &Config) -> Value {
-    let Some(url) = &config.api_url else {
+    if config.api_url.is_empty() {
         return check("lapi", "skip", "standalone mode: no LAPI", None);
-    };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -565,25 +566,38 @@ fn lapi_from_here(config: &Config) -> Value {
         Ok(r) => r,
         Err(e) => return check("lapi", "warn", format!("cannot check LAPI: {e}"), None),
     };
-    let result = runtime.block_on(async {
-        let client = crate::lapi::LapiClient::new(config).map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(5), client.health())
-            .await
-            .map_err(|_| "no answer within 5s".to_string())?
-            .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(rtt) => check(
-            "lapi",
-            "ok",
-            format!("{url} answers /health in {} ms", rtt.as_millis()),
-            None,
-        ),
-        Err(e) => check(
-            "lapi",
-            "fail",
-            format!("LAPI at {url} is not usable: {e}"),
-            Some("start CrowdSec (`systemctl start crowdsec`) and check api_url"),
-        ),
+    let mut answered = Vec::new();
+    let mut failed = Vec::new();
+    for (i, url) in config.api_url.iter().enumerate() {
+        let mut one = config.clone();
+        one.api_url = vec![url.clone()];
+        let result = runtime.block_on(async {
+            let client = crate::lapi::LapiClient::new(&one).map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(5), client.health())
+                .await
+                .map_err(|_| "no answer within 5s".to_string())?
+                .map_err(|e| e.to_string())
+        });
+        let name = if config.api_url.len() > 1 {
+            format!("LAPI #{} ({url})", i + 1)
+        } else {
+            url.clone()
+        };
+        match result {
+            Ok(rtt) => answered.push(format!("{name} answers /health in {} ms", rtt.as_millis())),
+            Err(e) => failed.push(format!("{name} is not usable: {e}")),
+        }
+    }
+    let detail = answered
+        .iter()
+        .chain(failed.iter())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    let fix = "start CrowdSec (`systemctl start crowdsec`) and check api_url";
+    match (answered.is_empty(), failed.is_empty()) {
+        (false, true) => check("lapi", "ok", detail, None),
+        (false, false) => check("lapi", "warn", detail, Some(fix)),
+        (true, _) => check("lapi", "fail", detail, Some(fix)),
     }
 }

@@ -204,8 +204,9 @@ pub enum LogFormat {
 /// The whole configuration, with defaults filled in. See `examples/cerberus.yaml`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// LAPI base URL; `None` is standalone mode (decisions only from the admin API).
-    pub api_url: Option<String>,
+    /// LAPI base URLs, in the order they are tried (all on one database); empty is
+    /// standalone mode (decisions only from the admin API).
+    pub api_url: Vec<String>,
     pub api_key: Option<String>,
     pub cert_path: Option<PathBuf>,
     pub key_path: Option<PathBuf>,
@@ -300,7 +301,7 @@ impl Default for Config {
     fn default() -> Self {
         let data_dir = PathBuf::from("./cerberus-data");
         Config {
-            api_url: None,
+            api_url: Vec::new(),
             api_key: None,
             cert_path: None,
             key_path: None,
@@ -354,14 +355,14 @@ impl Default for Config {
 impl Config {
     /// Standalone unless an `api_url` is set or the engine is managed.
     pub fn standalone(&self) -> bool {
-        self.api_url.is_none() && !self.engine.enabled
+        self.api_url.is_empty() && !self.engine.enabled
     }
 
     /// `standalone`, `lapi` (an external LAPI) or `engine` (the managed engine's LAPI).
     pub fn mode(&self) -> &'static str {
         if self.engine.enabled {
             "engine"
-        } else if self.api_url.is_some() {
+        } else if !self.api_url.is_empty() {
             "lapi"
         } else {
             "standalone"

@@ -264,12 +264,12 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         Ok(c) => {
             let exposed = c.exposed_secret_files();
             if exposed.is_empty() {
-                let mode = match (c.mode(), &c.api_url) {
+                let mode = match (c.mode(), c.api_url.first()) {
                     ("engine", _) => format!(
                         "managed CrowdSec engine ({})",
                         c.engine.config_file.display()
                     ),
-                    (_, Some(url)) => format!("LAPI at {url}"),
+                    (_, Some(_)) => format!("LAPI at {}", c.api_url.join(", ")),
                     _ => "standalone".into(),
                 };
                 println!("config OK: {mode}, data_dir {}", c.data_dir.display());

@@ -45,6 +45,10 @@ pub const LAPI_OUTAGE: &str = "cerberus_lapi_outage";
 pub const CLOCK_JUMPS: &str = "cerberus_clock_jumps_total";
 /// Decisions a full pull left out, kept until a second full pull confirms they are gone.
 pub const SYNC_HELD: &str = "cerberus_sync_held_decisions";
+/// 1 for the LAPI of `api_url` in use, 0 for the others, by `url` (the configured list).
+pub const LAPI_IN_USE: &str = "cerberus_lapi_in_use";
+/// Switches from a failing LAPI of `api_url` to the next.
+pub const LAPI_SWITCHES: &str = "cerberus_lapi_switches_total";
 
 /// Lookups answered by `door` (socket, forward_auth) and `remediation` (allow, ban,
 /// captcha, throttle, other, bypassed).
@@ -103,6 +107,18 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Gauge,
         Unit::Count,
         "Decisions the last full pull left out, kept until a second full pull (or LAPI's deleted list) confirms.",
+    ),
+    (
+        LAPI_IN_USE,
+        Kind::Gauge,
+        Unit::Count,
+        "1 for the LAPI of api_url that decisions are pulled from, 0 for the other listed ones.",
+    ),
+    (
+        LAPI_SWITCHES,
+        Kind::Counter,
+        Unit::Count,
+        "Switches from a failing LAPI of api_url to the next one in the list.",
     ),
     (
         LAPI_FAILURES,
@@ -304,6 +320,8 @@ pub const ALL: &[&str] = &[
     LAPI_OUTAGE,
     CLOCK_JUMPS,
     SYNC_HELD,
+    LAPI_IN_USE,
+    LAPI_SWITCHES,
     LOOKUPS,
     LOOKUP_DURATION,
     SOCKET_REFUSED,

@@ -46,6 +46,18 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// With several LAPIs in `api_url`, which one is in use: `in use: #2 of 3, `.
+fn in_use(admin: &Admin) -> String {
+    match admin.lapi() {
+        Some(c) if c.endpoints().all().len() > 1 => format!(
+            "in use: #{} of {} in api_url, ",
+            c.endpoints().position() + 1,
+            c.endpoints().all().len()
+        ),
+        _ => String::new(),
+    }
+}
+
 /// LAPI `/health`: `{"status": healthy|unhealthy|unreachable|not_configured, ...}`.
 async fn lapi_health(admin: &Admin) -> Value {
     let Some(lapi) = admin.lapi() else {
@@ -145,6 +157,11 @@ pub async fn status(admin: &Admin) -> Reply {
         };
         json!({
             "url": admin.lapi().map(|c| c.url().to_string()),
+            // With several LAPIs in api_url: all of them, which one is in use (1-based)
+            // and how often the one in use changed.
+            "urls": admin.lapi().map(|c| c.endpoints().all().to_vec()),
+            "in_use": admin.lapi().map(|c| c.endpoints().position() + 1),
+            "switches": admin.lapi().map(|c| c.endpoints().switches()),
             "health": lapi_health(admin).await,
             "last_sync": last_sync,
             "last_sync_age_seconds": age,
@@ -202,12 +219,18 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
     let mut out = vec![Check::new(
         "config",
         "ok",
-        match &c.api_url {
-            Some(url) => format!(
+        match c.api_url.as_slice() {
+            [url] => format!(
                 "loaded; syncing from LAPI at {url} every {:?}",
                 c.update_frequency
             ),
-            None => {
+            [_, ..] => format!(
+                "loaded; syncing every {:?} from the first answering of {} LAPIs: {}",
+                c.update_frequency,
+                c.api_url.len(),
+                c.api_url.join(", ")
+            ),
+            [] => {
                 "loaded; standalone mode (no api_url): decisions come from the admin API".into()
             }
         },
@@ -230,13 +253,14 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
         "healthy" => Check::new(
             "lapi",
             "ok",
-            format!("{} answers /health in {} ms", health["url"].as_str().unwrap_or(""), health["latency_ms"]),
+            format!("{}{} answers /health in {} ms", in_use(admin), health["url"].as_str().unwrap_or(""), health["latency_ms"]),
         ),
         _ => Check::new(
             "lapi",
             "fail",
             format!(
-                "LAPI at {} is not usable: {}",
+                "{}LAPI at {} is not usable: {}",
+                in_use(admin),
                 health["url"].as_str().unwrap_or(""),
                 health["error"].as_str().unwrap_or("unknown error")
             ),

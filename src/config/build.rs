@@ -34,14 +34,26 @@ impl Reader {
         }
 
         let mut c = Config::default();
-        if let Some(url) = self.string("api_url") {
+        // One URL, a YAML list, or a comma-separated string (CERBERUS_API_URL).
+        let urls = self.list("api_url").unwrap_or_default();
+        for (i, url) in urls.iter().enumerate() {
+            let at = if urls.len() > 1 {
+                format!("entry {} of {}: ", i + 1, urls.len())
+            } else {
+                String::new()
+            };
+            let url = url.trim_end_matches('/');
             match url.split_once("://") {
                 Some(("http" | "https", rest)) if !rest.is_empty() => {
-                    c.api_url = Some(url.trim_end_matches('/').to_string())
+                    if c.api_url.iter().any(|u| u == url) {
+                        self.problem("api_url", format!("{at}{url:?} is listed twice"));
+                    } else {
+                        c.api_url.push(url.to_string());
+                    }
                 }
                 _ => self.problem(
                     "api_url",
-                    format!("{url:?} is not an http:// or https:// URL"),
+                    format!("{at}{url:?} is not an http:// or https:// URL"),
                 ),
             }
         }
@@ -68,7 +80,7 @@ impl Reader {
                 "cert_path and key_path go together (TLS client certificate)",
             );
         }
-        if c.api_url.is_some() && c.api_key.is_none() && cert.is_none() {
+        if !c.api_url.is_empty() && c.api_key.is_none() && cert.is_none() {
             self.problem(
                 "api_key",
                 "api_url is set but there is no api_key, api_key_file or cert_path/key_path \
@@ -366,7 +378,7 @@ impl Reader {
         if !c.engine.enabled {
             return;
         }
-        if c.api_url.is_some() {
+        if !c.api_url.is_empty() {
             self.problem(
                 "api_url",
                 "engine.enabled is true, so cerberus pulls from the managed engine's LAPI \

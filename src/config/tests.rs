@@ -196,6 +196,46 @@ fn api_url_needs_credentials() {
 }
 
 #[test]
+fn api_url_is_one_url_or_a_list_in_order() {
+    let c = load("api_url: http://a:8080/\napi_key: k\n").unwrap();
+    assert_eq!(c.api_url, vec!["http://a:8080"]);
+    let c = load("api_url:\n  - http://a:8080\n  - https://b:8080/\napi_key: k\n").unwrap();
+    assert_eq!(c.api_url, vec!["http://a:8080", "https://b:8080"]);
+    assert_eq!(c.mode(), "lapi");
+    let env = vec![
+        (
+            "CERBERUS_API_URL".to_string(),
+            "http://a:8080, http://b:8080".to_string(),
+        ),
+        ("CERBERUS_API_KEY".to_string(), "k".to_string()),
+    ];
+    let c = Config::load_with_env(None, &env).unwrap();
+    assert_eq!(c.api_url, vec!["http://a:8080", "http://b:8080"]);
+    assert!(load("api_key: k\n").unwrap().api_url.is_empty());
+}
+
+#[test]
+fn a_bad_url_in_the_list_is_named_by_its_position() {
+    let problems =
+        load("api_url: [http://a:1, ftp://b, http://c:1]\napi_key: k\n").unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "api_url");
+    assert!(
+        problems[0].message.contains("entry 2 of 3") && problems[0].message.contains("ftp://b"),
+        "{}",
+        problems[0].message
+    );
+    let problems = load("api_url: [http://a:1, http://a:1/]\napi_key: k\n").unwrap_err();
+    assert!(
+        problems[0].message.contains("entry 2 of 2") && problems[0].message.contains("twice"),
+        "{}",
+        problems[0].message
+    );
+    let problems = load("api_url: [http://a:1, {x: 1}]\napi_key: k\n").unwrap_err();
+    assert_eq!(problems[0].key, "api_url");
+}
+
+#[test]
 fn key_file_must_be_readable_and_exclusive() {
     let problems = load("api_url: http://x:1\napi_key_file: /nonexistent/key\n").unwrap_err();
     assert!(

@@ -38,7 +38,7 @@ fn upstream_for(
     creds: &EngineCreds,
 ) -> anyhow::Result<Upstream> {
     let mut c = config.clone();
-    c.api_url = Some(creds.lapi_url.clone());
+    c.api_url = vec![creds.lapi_url.clone()];
     c.api_key = Some(creds.api_key.clone());
     c.cert_path = None;
     c.key_path = None;

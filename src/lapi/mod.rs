@@ -1,6 +1,7 @@
 //! The LAPI side: an HTTP client for the decision stream (API key or TLS client
 //! certificate, streaming parse with a size limit) and the sync loop that feeds the store.
 
+pub mod endpoints;
 pub mod stream;
 pub mod sync;
 pub mod watcher;
@@ -11,6 +12,7 @@ use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use endpoints::Endpoints;
 pub use stream::{Counts, List};
 
 /// Where the decisions come from right now: the bouncer client, and the watcher for
@@ -91,11 +93,11 @@ fn trusting(config: &Config) -> anyhow::Result<reqwest::ClientBuilder> {
 #[error("body over the size limit")]
 struct OverLimit;
 
-/// A client for one LAPI, as one bouncer.
+/// A client for the LAPIs of `api_url`, as one bouncer; clones share the one in use.
 #[derive(Clone)]
 pub struct LapiClient {
     http: reqwest::Client,
-    base: String,
+    endpoints: Arc<Endpoints>,
     query: Vec<(&'static str, String)>,
     max_body: u64,
     timeout: Duration,
@@ -103,10 +105,7 @@ pub struct LapiClient {
 
 impl LapiClient {
     pub fn new(config: &Config) -> anyhow::Result<LapiClient> {
-        let base = config
-            .api_url
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("api_url is not set"))?;
+        let endpoints = Arc::new(Endpoints::new(config.api_url.clone())?);
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(key) = &config.api_key {
             let mut value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
@@ -144,15 +143,21 @@ impl LapiClient {
         }
         Ok(LapiClient {
             http: builder.build()?,
-            base,
+            endpoints,
             query,
             max_body: config.lapi_max_body,
             timeout: config.lapi_timeout,
         })
     }
 
+    /// The base URL of the LAPI in use.
     pub fn url(&self) -> &str {
-        &self.base
+        self.endpoints.current()
+    }
+
+    /// Every LAPI of `api_url` and the one in use.
+    pub fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.endpoints
     }
 
     /// A client for LAPI calls that are not the bouncer's (the watcher's writes): the same
@@ -172,7 +177,7 @@ impl LapiClient {
         let started = Instant::now();
         let resp = self
             .http
-            .get(format!("{}/health", self.base))
+            .get(format!("{}/health", self.url()))
             .send()
             .await
             .map_err(|e| self.classify(e))?;
@@ -200,7 +205,7 @@ impl LapiClient {
         }
         let resp = match self
             .http
-            .get(format!("{}/v1/decisions/stream", self.base))
+            .get(format!("{}/v1/decisions/stream", self.url()))
             .query(&query)
             .send()
             .await
@@ -267,7 +272,7 @@ impl LapiClient {
         if e.is_timeout() {
             PullError::Timeout(self.timeout)
         } else if e.is_connect() {
-            PullError::Connect(format!("{}: {}", self.base, root_cause(&e)))
+            PullError::Connect(format!("{}: {}", self.url(), root_cause(&e)))
         } else {
             PullError::Other(root_cause(&e))
         }

@@ -291,7 +291,7 @@ impl Syncer {
                     failures += 1;
                     need_full = true;
                     self.stats.record_failure(&e);
-                    let wait = backoff(failures, self.settings.retry_max);
+                    let wait = self.fail_over(&e, failures);
                     if self.stats.first_sync_done.load(Ordering::Relaxed) {
                         warn!(
                             "LAPI pull failed ({}), keeping {} known decisions; retry {} in {:.1}s: {e}",
@@ -302,9 +302,9 @@ impl Syncer {
                         );
                     } else {
                         warn!(
-                            "[CROWDSEC_STARTUP] waiting for LAPI at {} (attempt {}, next in {:.1}s): {e}",
-                            self.client.as_ref().map_or("?", |c| c.url()),
+                            "[CROWDSEC_STARTUP] waiting for LAPI (attempt {}, next at {} in {:.1}s): {e}",
                             failures,
+                            self.client.as_ref().map_or("?", |c| c.url()),
                             wait.as_secs_f64()
                         );
                     }
@@ -355,6 +355,30 @@ impl Syncer {
             let _ = reply.send(Err("cerberus is shutting down".into()));
         }
         info!("decision sync stopped");
+    }
+
+    /// After the `failures`-th failed pull in a row: moves to the next LAPI of `api_url`
+    /// and says how long to wait. Each LAPI of the list is tried once at once; only when
+    /// all have failed in a row does the backoff apply (`failures / n`-th step). With one
+    /// LAPI that is the plain backoff. The next pull is a full one in any case (the
+    /// failed pull may have moved the cursor): from a LAPI on the same database it
+    /// answers the same set, so the held-decisions check holds nothing back, while from
+    /// one on another database (a misconfiguration) it holds every missing decision
+    /// until a second full pull confirms.
+    fn fail_over(&self, e: &PullError, failures: u32) -> Duration {
+        let Some(client) = &self.client else {
+            return backoff(failures, self.settings.retry_max);
+        };
+        let endpoints = client.endpoints();
+        let n = endpoints.all().len() as u32;
+        endpoints.fail_over(endpoints.position(), e);
+        if failures % n != 0 {
+            // The next LAPI has not been tried since the last success: at once, but not
+            // in a tight loop.
+            Duration::from_millis(100)
+        } else {
+            backoff(failures / n, self.settings.retry_max)
+        }
     }
 
     /// Takes the LAPI client of the moment (the engine came up, went down, or got a new key).

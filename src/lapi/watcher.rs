@@ -1,9 +1,12 @@
 //! Writes to LAPI, which need a watcher (machine) login rather than the bouncer key:
 //! deleting decisions (unban for every bouncer) and creating them (a ban as an alert).
 //! The JWT from `/v1/watchers/login` is cached and renewed before it expires (LAPI gives
-//! one hour) or when LAPI answers 401.
+//! one hour) or when LAPI answers 401. It logs in where the stream is: it follows the
+//! bouncer client's [`Endpoints`], and a token is used only with the LAPI that issued it
+//! (each LAPI signs its own).
 
-use super::USER_AGENT;
+use super::{Endpoints, USER_AGENT};
+use std::sync::Arc;
 use crate::decision::Target;
 use serde::Deserialize;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,10 +44,11 @@ pub struct NewBan {
 
 pub struct Watcher {
     http: reqwest::Client,
-    base: String,
+    endpoints: Arc<Endpoints>,
     machine_id: String,
     password: String,
-    token: Mutex<Option<(String, Instant)>>,
+    /// The token, when it was issued, and by which LAPI of `endpoints` (its position).
+    token: Mutex<Option<(String, Instant, usize)>>,
 }
 
 #[derive(Deserialize)]
@@ -75,26 +79,42 @@ struct Deleted {
 }
 
 impl Watcher {
+    /// A watcher of the one LAPI at `base`.
     pub fn new(http: reqwest::Client, base: &str, machine_id: &str, password: &str) -> Watcher {
+        let one = Endpoints::new(vec![base.trim_end_matches('/').to_string()])
+            .expect("one URL is a list of endpoints");
+        Watcher::following(http, Arc::new(one), machine_id, password)
+    }
+
+    /// A watcher that logs in wherever the bouncer client of `endpoints` pulls from.
+    pub fn following(
+        http: reqwest::Client,
+        endpoints: Arc<Endpoints>,
+        machine_id: &str,
+        password: &str,
+    ) -> Watcher {
         Watcher {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            endpoints,
             machine_id: machine_id.into(),
             password: password.into(),
             token: Mutex::new(None),
         }
     }
 
-    async fn token(&self, renew: bool) -> Result<String, WatcherError> {
+    /// A token and the base URL of the LAPI that issued it (the one in use).
+    async fn token(&self, renew: bool) -> Result<(String, String), WatcherError> {
         let mut cached = self.token.lock().await;
-        if let Some((token, at)) = cached.as_ref() {
-            if !renew && at.elapsed() < TOKEN_LIFETIME {
-                return Ok(token.clone());
+        let at_pos = self.endpoints.position();
+        let base = self.endpoints.all()[at_pos].clone();
+        if let Some((token, at, pos)) = cached.as_ref() {
+            if !renew && at.elapsed() < TOKEN_LIFETIME && *pos == at_pos {
+                return Ok((token.clone(), base));
             }
         }
         let resp = self
             .http
-            .post(format!("{}/v1/watchers/login", self.base))
+            .post(format!("{base}/v1/watchers/login"))
             .header("User-Agent", USER_AGENT)
             .json(&serde_json::json!({"machine_id": self.machine_id, "password": self.password}))
             .send()
@@ -111,18 +131,18 @@ impl Watcher {
             what: "login",
             detail: e.to_string(),
         })?;
-        *cached = Some((login.token.clone(), Instant::now()));
-        Ok(login.token)
+        *cached = Some((login.token.clone(), Instant::now(), at_pos));
+        Ok((login.token, base))
     }
 
     /// Sends a request with the token, logging in again once if LAPI says 401.
     async fn send(
         &self,
-        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        build: impl Fn(&str, &str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, WatcherError> {
         for renew in [false, true] {
-            let token = self.token(renew).await?;
-            let resp = build(&token)
+            let (token, base) = self.token(renew).await?;
+            let resp = build(&base, &token)
                 .header("User-Agent", USER_AGENT)
                 .send()
                 .await
@@ -140,9 +160,9 @@ impl Watcher {
         let key = if target.is_single() { "ip" } else { "range" };
         let value = target.to_string();
         let resp = self
-            .send(|token| {
+            .send(|base, token| {
                 self.http
-                    .delete(format!("{}/v1/decisions", self.base))
+                    .delete(format!("{base}/v1/decisions"))
                     .query(&[(key, value.as_str())])
                     .bearer_auth(token)
             })
@@ -158,9 +178,9 @@ impl Watcher {
     /// Deletes one decision by its LAPI id. Returns how many LAPI deleted (0 or 1).
     pub async fn delete_id(&self, id: i64) -> Result<u64, WatcherError> {
         let resp = self
-            .send(|token| {
+            .send(|base, token| {
                 self.http
-                    .delete(format!("{}/v1/decisions/{id}", self.base))
+                    .delete(format!("{base}/v1/decisions/{id}"))
                     .bearer_auth(token)
             })
             .await?;
@@ -174,9 +194,9 @@ impl Watcher {
         limit: usize,
     ) -> Result<std::collections::HashMap<i64, String>, WatcherError> {
         let resp = self
-            .send(|token| {
+            .send(|base, token| {
                 self.http
-                    .get(format!("{}/v1/alerts", self.base))
+                    .get(format!("{base}/v1/alerts"))
                     .query(&[
                         ("has_active_decision", "true"),
                         ("limit", &limit.to_string()),
@@ -233,9 +253,9 @@ impl Watcher {
             }],
         }]);
         let resp = self
-            .send(|token| {
+            .send(|base, token| {
                 self.http
-                    .post(format!("{}/v1/alerts", self.base))
+                    .post(format!("{base}/v1/alerts"))
                     .bearer_auth(token)
                     .json(&alert)
             })

@@ -23,7 +23,7 @@ pub fn config(data_dir: &Path, api_url: Option<&str>, api_key: Option<&str>) -> 
     Config {
         data_dir: data_dir.to_path_buf(),
         socket: data_dir.join("cerberus.sock"),
-        api_url: api_url.map(str::to_string),
+        api_url: api_url.map(str::to_string).into_iter().collect(),
         api_key: api_key.map(str::to_string),
         update_frequency: Duration::from_millis(300),
         lapi_timeout: Duration::from_secs(2),
