@@ -5,6 +5,12 @@
 //! (pkg/apiserver/controllers/v1/decisions.go, `StreamDecision`): a JSON object with
 //! `new` and `deleted` lists; a startup answer that LAPI cuts short on a database error
 //! part way is still a complete, shorter object, which `Reply::Body` plays.
+//!
+//! For the watcher's writes it answers `POST /v1/watchers/login` as LAPI's JWT middleware
+//! does (pkg/apiserver/middlewares/v1/jwt.go, `LoginResponse`: code, expire, token) and
+//! `DELETE /v1/decisions` as `DeleteDecisions` (pkg/apiserver/controllers/v1/decisions.go:
+//! `{"nbDeleted":"N"}`). [`start_stoppable`] gives a stand-in that can die and come back
+//! on the same port, for failover.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -32,6 +38,8 @@ pub struct Script {
     pub startups: usize,
     /// Other pulls seen so far.
     pub deltas: usize,
+    /// The request line of every request, in order.
+    pub requests: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<Script>>;
@@ -79,6 +87,64 @@ impl Script {
 pub async fn start(script: Shared) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    serve(listener, script);
+    url
+}
+
+/// A stand-in that can be stopped (its port then refuses connections) and started again
+/// on the same port.
+pub struct Stoppable {
+    pub url: String,
+    pub port: u16,
+    script: Shared,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a [`Stoppable`] stand-in on a free loopback port.
+pub async fn start_stoppable(script: Shared) -> Stoppable {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    Stoppable {
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+        script: script.clone(),
+        task: Some(serve(listener, script)),
+    }
+}
+
+impl Stoppable {
+    /// Closes the listener: new connections are refused.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn resume(&mut self) {
+        self.stop();
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot listen on port {} again: {e}", self.port),
+            }
+        };
+        self.task = Some(serve(listener, self.script.clone()));
+    }
+}
+
+impl Drop for Stoppable {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(listener: tokio::net::TcpListener, script: Shared) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             let script = script.clone();
@@ -86,8 +152,22 @@ pub async fn start(script: Shared) -> String {
                 let Some(head) = super::read_head(&mut sock).await else {
                     return;
                 };
-                let startup = head.lines().next().unwrap_or("").contains("startup=true");
-                let reply = script.lock().unwrap().next(startup);
+                let line = head.lines().next().unwrap_or("").to_string();
+                let startup = line.contains("startup=true");
+                let reply = {
+                    let mut s = script.lock().unwrap();
+                    s.requests.push(line.clone());
+                    if line.starts_with("POST /v1/watchers/login") {
+                        Reply::Body(
+                            r#"{"code":200,"expire":"2030-01-01T00:00:00Z","token":"stand-in-token"}"#
+                                .into(),
+                        )
+                    } else if line.starts_with("DELETE /v1/decisions") {
+                        Reply::Body(r#"{"nbDeleted":"1"}"#.into())
+                    } else {
+                        s.next(startup)
+                    }
+                };
                 let head = |status: u16, len: usize| {
                     format!(
                         "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
@@ -114,6 +194,5 @@ pub async fn start(script: Shared) -> String {
                 let _ = sock.shutdown().await;
             });
         }
-    });
-    url
+    })
 }
