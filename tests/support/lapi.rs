@@ -142,12 +142,23 @@ impl Lapi {
     /// Starts a new LAPI in a fresh temporary directory. Panics with the script's output
     /// when it cannot.
     pub fn start() -> Lapi {
+        Self::start_with(None)
+    }
+
+    /// Starts a new LAPI on the shared PostgreSQL database whose env file (written by
+    /// `scripts/postgres.sh start`) is `pg_env`; each such LAPI gets credentials of its
+    /// own (names suffixed with its port).
+    pub fn start_on_postgres(pg_env: &Path) -> Lapi {
+        Self::start_with(Some(pg_env))
+    }
+
+    fn start_with(pg_env: Option<&Path>) -> Lapi {
         install_once();
         let dir = tempfile::Builder::new()
             .prefix("cerberus-lapi-")
             .tempdir()
             .expect("cannot create a temporary directory");
-        Self::run_start(dir.path());
+        Self::run_start_env(dir.path(), pg_env);
         let mut env = read_env(&dir.path().join("env"));
         let port: u16 = take(&mut env, "LAPI_PORT")
             .parse()
@@ -166,9 +177,21 @@ impl Lapi {
     }
 
     fn run_start(dir: &Path) {
+        Self::run_start_env(dir, None)
+    }
+
+    fn run_start_env(dir: &Path, pg_env: Option<&Path>) {
         let dir = dir.to_str().expect("temporary directory is not UTF-8");
         let owner = std::process::id().to_string();
-        let out = run_script(&["start", dir, "--owner-pid", &owner]);
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .args(["start", dir, "--owner-pid", &owner]);
+        if let Some(pg) = pg_env {
+            cmd.env("CERBERUS_LAPI_PG_ENV", pg);
+        }
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run bash {}: {e}", script().display()));
         if !out.status.success() {
             panic!("{}", describe("scripts/crowdsec-lapi.sh start", &out));
         }

@@ -9,6 +9,7 @@ pub mod engine_env;
 pub mod lapi;
 pub mod managed_engine;
 pub mod mmdb;
+pub mod postgres;
 pub mod script_lapi;
 pub mod web;
 
