@@ -34,7 +34,7 @@ CS_MODERN_BIN="$REPO_ROOT/.cache/crowdsec-$CS_MODERN/root/usr/bin/crowdsec"
 # The test binaries that run a real CrowdSec (LAPI, agent, cscli): run once per version.
 CROWDSEC_TESTS=(admin_lapi cli cli_admin console engine_capi engine_e2e engine_hub engine_mode
     engine_supervisor lapi_harness lapi_sync lapi_watcher module_caddy_e2e serve_caddy_e2e
-    usage_metrics)
+    usage_metrics multi_node)
 
 QUICK=false
 
@@ -214,6 +214,12 @@ crowdsec_install() {
     bash scripts/crowdsec-lapi.sh install
 }
 
+# Debian's PostgreSQL server, for the shared database of tests/multi_node.rs (the test
+# starts its own server in a temporary directory with scripts/postgres.sh).
+postgres_install() {
+    bash scripts/postgres.sh install
+}
+
 # Builds CrowdSec 1.7.8 from the Go module proxy (minutes the first time, then cached).
 crowdsec_modern_install() {
     CERBERUS_CROWDSEC_VERSION=$CS_MODERN bash scripts/crowdsec-lapi.sh install &&
@@ -364,6 +370,7 @@ step "system packages" system_packages
 step "toolchains" toolchains
 step "crowdsec (LAPI for tests)" crowdsec_install
 step "crowdsec $CS_MODERN (built from the Go module proxy)" crowdsec_modern_install
+step "postgresql (for tests/multi_node.rs)" postgres_install
 if $QUICK; then
     skip "cargo fmt" "--quick"
     skip "cargo clippy" "--quick"
