@@ -5,7 +5,8 @@
 //!   (`config/reader.rs` typed values, `config/build.rs` the keys and their checks).
 //! - [`decision`]: LAPI decisions parsed and normalised; remediation order.
 //! - [`store`]: the snapshot that lookups read (no I/O), its writer, and the decider.
-//! - [`lapi`]: the LAPI client (streaming parse) and the sync loop.
+//! - [`lapi`]: the LAPI client (streaming parse, the `api_url` list and the one in use)
+//!   and the sync loop.
 //! - [`persist`]: SQLite in `data_dir`: decisions, settings, local overrides.
 //! - [`serve`]: the doors Caddy asks: the Unix socket (binary protocol of `bouncer-api`),
 //!   the HTTP endpoint for Caddy's `forward_auth`, and the snapshot segments the Caddy

@@ -158,3 +158,35 @@ async fn two_lapis_on_one_postgres_serve_two_nodes_and_fail_over() {
     drop((lapi1, lapi2));
     drop(pg);
 }
+
+/// The node configs of examples/multi-node pass the config check, with their secret
+/// files and data_dir moved into a temporary directory.
+#[test]
+fn the_example_node_configs_are_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_str().unwrap();
+    for name in ["api_key", "machine_password"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    for (file, first) in [("node-a.yaml", "http://10.0.0.11:8080"), ("node-b.yaml", "http://10.0.0.12:8080")] {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-node").join(file),
+        )
+        .unwrap()
+        .replace("/etc/cerberus", base)
+        .replace("/var/lib/cerberus", base);
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let c = cerberus::config::Config::load_with_env(Some(&path), &[])
+            .unwrap_or_else(|p| panic!("{file}: {p:?}"));
+        assert_eq!(c.api_url.len(), 2, "{file}");
+        assert_eq!(c.api_url[0], first, "{file}");
+        assert!(c.machine_id.is_some() && c.machine_password.is_some(), "{file}");
+    }
+}
