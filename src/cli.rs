@@ -578,14 +578,16 @@ fn lapi_from_here(config: &Config) -> Value {
                 .map_err(|_| "no answer within 5s".to_string())?
                 .map_err(|e| e.to_string())
         });
-        let name = if config.api_url.len() > 1 {
-            format!("LAPI #{} ({url})", i + 1)
+        // One URL: worded as before the list existed.
+        let (name, down) = if config.api_url.len() > 1 {
+            let n = format!("LAPI #{} ({url})", i + 1);
+            (n.clone(), n)
         } else {
-            url.clone()
+            (url.clone(), format!("LAPI at {url}"))
         };
         match result {
             Ok(rtt) => answered.push(format!("{name} answers /health in {} ms", rtt.as_millis())),
-            Err(e) => failed.push(format!("{name} is not usable: {e}")),
+            Err(e) => failed.push(format!("{down} is not usable: {e}")),
         }
     }
     let detail = answered

@@ -23,9 +23,7 @@ fn banned(app: &cerberus::app::Running, ip: &str) -> bool {
 /// A script whose full pulls answer `decisions` and whose deltas are empty.
 fn script(decisions: &[(i64, &str)]) -> Shared {
     let s: Shared = Arc::new(Mutex::new(Script::default()));
-    s.lock()
-        .unwrap()
-        .startup([Reply::Body(answer(decisions))]);
+    s.lock().unwrap().startup([Reply::Body(answer(decisions))]);
     s
 }
 
@@ -241,12 +239,18 @@ async fn all_down_keeps_what_is_known_until_one_comes_back() {
         app.stats.pulls_failed.load(Ordering::Relaxed) >= failed + 4
     })
     .await;
-    assert!(banned(&app, IP1), "a known decision was dropped while all were down");
+    assert!(
+        banned(&app, IP1),
+        "a known decision was dropped while all were down"
+    );
     let lapi = lapi_status(&admin).await;
     assert_eq!(lapi["failing"], json!("connect"), "{lapi}");
     assert!(lapi["switches"].as_u64().unwrap() >= 3, "{lapi}");
     assert!(
-        lapi["last_error"].as_str().unwrap().contains("cannot reach LAPI"),
+        lapi["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach LAPI"),
         "{lapi}"
     );
 

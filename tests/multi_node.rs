@@ -137,7 +137,11 @@ async fn two_lapis_on_one_postgres_serve_two_nodes_and_fail_over() {
     })
     .await;
     let want = lapi_active(&lapi1);
-    assert_eq!(want, lapi_active(&lapi2), "the LAPIs do not share one database");
+    assert_eq!(
+        want,
+        lapi_active(&lapi2),
+        "the LAPIs do not share one database"
+    );
     let values: BTreeSet<&str> = want.iter().map(|(_, v)| v.as_str()).collect();
     assert_eq!(
         values,
@@ -168,15 +172,17 @@ fn the_example_node_configs_are_valid() {
     for name in ["api_key", "machine_password"] {
         let path = dir.path().join(name);
         std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
-        std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
     }
-    for (file, first) in [("node-a.yaml", "http://10.0.0.11:8080"), ("node-b.yaml", "http://10.0.0.12:8080")] {
+    for (file, first) in [
+        ("node-a.yaml", "http://10.0.0.11:8080"),
+        ("node-b.yaml", "http://10.0.0.12:8080"),
+    ] {
         let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-node").join(file),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/multi-node")
+                .join(file),
         )
         .unwrap()
         .replace("/etc/cerberus", base)
@@ -187,6 +193,9 @@ fn the_example_node_configs_are_valid() {
             .unwrap_or_else(|p| panic!("{file}: {p:?}"));
         assert_eq!(c.api_url.len(), 2, "{file}");
         assert_eq!(c.api_url[0], first, "{file}");
-        assert!(c.machine_id.is_some() && c.machine_password.is_some(), "{file}");
+        assert!(
+            c.machine_id.is_some() && c.machine_password.is_some(),
+            "{file}"
+        );
     }
 }

@@ -230,9 +230,7 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
                 c.api_url.len(),
                 c.api_url.join(", ")
             ),
-            [] => {
-                "loaded; standalone mode (no api_url): decisions come from the admin API".into()
-            }
+            [] => "loaded; standalone mode (no api_url): decisions come from the admin API".into(),
         },
     )];
     if c.insecure_skip_verify {

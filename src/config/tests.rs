@@ -216,8 +216,7 @@ fn api_url_is_one_url_or_a_list_in_order() {
 
 #[test]
 fn a_bad_url_in_the_list_is_named_by_its_position() {
-    let problems =
-        load("api_url: [http://a:1, ftp://b, http://c:1]\napi_key: k\n").unwrap_err();
+    let problems = load("api_url: [http://a:1, ftp://b, http://c:1]\napi_key: k\n").unwrap_err();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].key, "api_url");
     assert!(

@@ -89,8 +89,11 @@ impl Endpoints {
     fn export(&self) {
         let now = self.position();
         for (i, url) in self.urls.iter().enumerate() {
-            metrics::gauge!(crate::metrics::LAPI_IN_USE, "url" => url.clone())
-                .set(if i == now { 1.0 } else { 0.0 });
+            metrics::gauge!(crate::metrics::LAPI_IN_USE, "url" => url.clone()).set(if i == now {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
 }
@@ -105,8 +108,12 @@ mod tests {
 
     #[test]
     fn a_failure_moves_to_the_next_and_wraps_round() {
-        let e = Endpoints::new(vec!["http://a".into(), "http://b".into(), "http://c".into()])
-            .unwrap();
+        let e = Endpoints::new(vec![
+            "http://a".into(),
+            "http://b".into(),
+            "http://c".into(),
+        ])
+        .unwrap();
         assert_eq!(e.current(), "http://a");
         assert_eq!(e.fail_over(0, &down()), Some(1));
         assert_eq!(e.current(), "http://b");

@@ -8,11 +8,11 @@ pub mod watcher;
 
 use crate::config::Config;
 use crate::decision::RawDecision;
+pub use endpoints::Endpoints;
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-pub use endpoints::Endpoints;
 pub use stream::{Counts, List};
 
 /// Where the decisions come from right now: the bouncer client, and the watcher for

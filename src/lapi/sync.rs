@@ -232,8 +232,14 @@ impl Syncer {
         let mut failures: u32 = 0;
         let mut last_purge = Instant::now();
         if let Some(client) = &self.client {
+            let all = client.endpoints().all();
+            let others = if all.len() > 1 {
+                format!(" (first of api_url: {})", all.join(", "))
+            } else {
+                String::new()
+            };
             info!(
-                "[CROWDSEC_STARTUP] starting decision sync with LAPI at {} every {:?}",
+                "[CROWDSEC_STARTUP] starting decision sync with LAPI at {}{others} every {:?}",
                 client.url(),
                 self.settings.update_frequency
             );
@@ -291,6 +297,7 @@ impl Syncer {
                     failures += 1;
                     need_full = true;
                     self.stats.record_failure(&e);
+                    let failed_at = self.client.as_ref().map(|c| c.url().to_string());
                     let wait = self.fail_over(&e, failures);
                     if self.stats.first_sync_done.load(Ordering::Relaxed) {
                         warn!(
@@ -302,9 +309,9 @@ impl Syncer {
                         );
                     } else {
                         warn!(
-                            "[CROWDSEC_STARTUP] waiting for LAPI (attempt {}, next at {} in {:.1}s): {e}",
+                            "[CROWDSEC_STARTUP] waiting for LAPI at {} (attempt {}, next in {:.1}s): {e}",
+                            failed_at.as_deref().unwrap_or("?"),
                             failures,
-                            self.client.as_ref().map_or("?", |c| c.url()),
                             wait.as_secs_f64()
                         );
                     }

@@ -6,9 +6,9 @@
 //! (each LAPI signs its own).
 
 use super::{Endpoints, USER_AGENT};
-use std::sync::Arc;
 use crate::decision::Target;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Mutex;
 
