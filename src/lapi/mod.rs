@@ -4,6 +4,7 @@
 pub mod endpoints;
 pub mod stream;
 pub mod sync;
+pub mod usage;
 pub mod watcher;
 
 use crate::config::Config;
