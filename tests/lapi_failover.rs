@@ -58,6 +58,19 @@ async fn wait_in_use(admin: &AdminClient, urls: &[&str], pos: usize) {
     }
 }
 
+/// A node on `urls` whose first LAPI fails: it has IP1 from the second, which `/status`
+/// names as in use.
+async fn started_on_the_second(
+    urls: &[&str],
+) -> (tempfile::TempDir, cerberus::app::Running, AdminClient) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path(), urls).await;
+    let admin = AdminClient::new(&app);
+    support::wait_for("the ban from LAPI #2", 10, || banned(&app, IP1)).await;
+    wait_in_use(&admin, urls, 2).await;
+    (dir, app, admin)
+}
+
 /// A URL nobody listens on.
 fn dead_url() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -76,27 +89,14 @@ async fn the_first_down_at_start_hands_over_to_the_next() {
     let url2 = script_lapi::start(second.clone()).await;
     let url1 = dead_url();
     let urls = [url1.as_str(), url2.as_str()];
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), &urls).await;
-    let admin = AdminClient::new(&app);
-    support::wait_for("the ban from LAPI #2", 10, || banned(&app, IP1)).await;
-    wait_in_use(&admin, &urls, 2).await;
+    let (_dir, app, admin) = started_on_the_second(&urls).await;
     assert!(
         logs.text()
             .contains(&format!("switching to LAPI #2 of api_url ({url2})")),
         "{}",
         logs.text()
     );
-    let metrics = admin
-        .http
-        .get(format!("{}/metrics", admin.base))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin.metrics().await;
     assert!(
         metrics.contains(&format!("cerberus_lapi_in_use{{url=\"{url2}\"}} 1"))
             && metrics.contains(&format!("cerberus_lapi_in_use{{url=\"{url1}\"}} 0")),
@@ -200,11 +200,7 @@ async fn a_wrong_key_on_one_is_named_and_the_other_is_used() {
     let good = script(&[(1, IP1)]);
     let url2 = script_lapi::start(good.clone()).await;
     let urls = [url1.as_str(), url2.as_str()];
-    let dir = tempfile::tempdir().unwrap();
-    let app = start(dir.path(), &urls).await;
-    let admin = AdminClient::new(&app);
-    support::wait_for("the ban from LAPI #2", 10, || banned(&app, IP1)).await;
-    wait_in_use(&admin, &urls, 2).await;
+    let (_dir, app, admin) = started_on_the_second(&urls).await;
     let text = logs.text();
     assert!(
         text.contains(&format!(

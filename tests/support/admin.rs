@@ -52,6 +52,23 @@ impl AdminClient {
         self.send(self.http.post(self.url(path))).await
     }
 
+    /// `GET /metrics` (at the listener's root, not under the prefix): the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("admin API answers");
+        assert!(
+            resp.status().is_success(),
+            "GET /metrics: {}",
+            resp.status()
+        );
+        resp.text().await.unwrap()
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.send(self.http.delete(self.url(path))).await
     }
