@@ -138,9 +138,10 @@ cmd_start() {
     export PGPASSWORD=$password
     local psql=("$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1 -q -d postgres)
     if ! "${psql[@]}" -tAc "SELECT 1 FROM pg_roles WHERE rolname='crowdsec'" | grep -q 1; then
-        "${psql[@]}" -c "CREATE ROLE crowdsec LOGIN PASSWORD '$password'" &&
-            "${psql[@]}" -c "CREATE DATABASE crowdsec OWNER crowdsec" ||
+        if ! "${psql[@]}" -c "CREATE ROLE crowdsec LOGIN PASSWORD '$password'" ||
+            ! "${psql[@]}" -c "CREATE DATABASE crowdsec OWNER crowdsec"; then
             die "cannot create the crowdsec role and database"
+        fi
     fi
     {
         echo "PG_HOST=127.0.0.1"
