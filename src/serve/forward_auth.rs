@@ -10,8 +10,11 @@
 //! (a Unix socket peer has none: 400).
 //!
 //! Answers: allow → 200 with an empty body; ban → `ban_status` (403) with an HTML page
-//! (JSON when `Accept` names only JSON types); captcha → the same as ban until captcha
-//! support exists; throttle → 429 with `Retry-After`; a decision type that cerberus does
+//! (JSON when `Accept` names only JSON types); captcha → the captcha flow of
+//! [`crate::captcha`] when a provider is configured (the original request from
+//! `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Proto` and `Cookie`, as Caddy's
+//! forward_auth sends them; its challenge and its 303 are not 2xx, so Caddy hands them
+//! to the client as they are), else the same as ban; throttle → 429 with `Retry-After`; a decision type that cerberus does
 //! not map (`other`) → the same as ban. Every answer carries `X-Cerberus-Remediation`;
 //! no usable client IP → 400 with a plain-text reason.
 
@@ -53,6 +56,28 @@ pub struct Door {
     meters: [metrics::Counter; REMEDIATION_LABELS.len()],
     no_ip: metrics::Counter,
     duration: metrics::Histogram,
+    captcha: Option<Arc<crate::captcha::Captcha>>,
+}
+
+/// A request whose verdict is captcha, with what the flow needs from it (owned, so the
+/// request itself is not held while the provider is asked).
+pub struct CaptchaJob {
+    ip: IpAddr,
+    method: String,
+    uri: String,
+    https: bool,
+    cookie: Option<String>,
+    origin: String,
+    scenario: String,
+    /// The answer when the flow refuses (the ban page, status 403).
+    refusal: Response<Full<Bytes>>,
+    started: Instant,
+}
+
+/// What [`Door::begin`] found.
+pub enum Step {
+    Done(Response<Full<Bytes>>),
+    Captcha(Box<CaptchaJob>),
 }
 
 impl Door {
@@ -79,7 +104,64 @@ impl Door {
             ),
             no_ip: metrics::counter!(names::FORWARD_AUTH_NO_CLIENT_IP),
             duration: metrics::histogram!(names::LOOKUP_DURATION, "door" => "forward_auth"),
+            captcha: None,
         })
+    }
+
+    /// Answers captcha verdicts with this flow (without one: as a ban).
+    pub fn with_captcha(mut self, captcha: Option<Arc<crate::captcha::Captcha>>) -> Self {
+        self.captcha = captcha;
+        self
+    }
+
+    /// Answers one forward_auth request, the captcha flow included.
+    pub async fn handle<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
+        match self.begin(req, peer) {
+            Step::Done(r) => r,
+            Step::Captcha(job) => self.captcha(*job).await,
+        }
+    }
+
+    /// The captcha flow's answer for `job`.
+    pub async fn captcha(&self, job: CaptchaJob) -> Response<Full<Bytes>> {
+        let Some(captcha) = &self.captcha else {
+            return job.refusal;
+        };
+        let ask = crate::captcha::Ask {
+            ip: job.ip,
+            method: &job.method,
+            uri: &job.uri,
+            https: job.https,
+            cookie: job.cookie.as_deref(),
+        };
+        let reply = captcha
+            .answer(
+                &ask,
+                clock::now_secs().into(),
+                self.decider.usage(),
+                &job.origin,
+                &job.scenario,
+            )
+            .await;
+        let response = if reply == crate::captcha::Reply::Pass {
+            plain(StatusCode::OK, "allow", String::new())
+        } else {
+            match reply.written() {
+                None => job.refusal,
+                Some(w) => {
+                    let mut r = Response::new(Full::new(Bytes::from(w.body)));
+                    *r.status_mut() = StatusCode::from_u16(w.status).unwrap_or(StatusCode::FORBIDDEN);
+                    for (name, value) in w.headers {
+                        if let Ok(v) = HeaderValue::from_str(&value) {
+                            r.headers_mut().append(name, v);
+                        }
+                    }
+                    r
+                }
+            }
+        };
+        self.duration.record(job.started.elapsed().as_secs_f64());
+        response
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -128,19 +210,19 @@ impl Door {
         )
     }
 
-    /// Answers one forward_auth request.
-    pub fn handle<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
+    /// Answers one forward_auth request, or hands a captcha verdict on to the flow.
+    pub fn begin<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Step {
         let started = Instant::now();
         let ip = match self.client_ip(req.headers(), peer) {
             Ok(ip) => ip,
             Err(reason) => {
                 self.no_ip.increment(1);
                 debug!("forward_auth: 400: {reason}");
-                return plain(
+                return Step::Done(plain(
                     StatusCode::BAD_REQUEST,
                     "invalid",
                     format!("cerberus: {reason}\n"),
-                );
+                ));
             }
         };
         let now = clock::now_secs();
@@ -201,8 +283,31 @@ impl Door {
                 }
             }
         };
+        if remediation == bouncer_api::Remediation::Captcha
+            && source != Source::FailClosed
+            && self.captcha.is_some()
+        {
+            let h = req.headers();
+            let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+            return Step::Captcha(Box::new(CaptchaJob {
+                ip,
+                method: text("x-forwarded-method").unwrap_or("GET").to_string(),
+                uri: text("x-forwarded-uri").unwrap_or("/").to_string(),
+                https: text("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https")),
+                cookie: h
+                    .get_all(hyper::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(crate::captcha::cookie::from_header)
+                    .map(str::to_string),
+                origin,
+                scenario,
+                refusal: response,
+                started,
+            }));
+        }
         self.duration.record(started.elapsed().as_secs_f64());
-        response
+        Step::Done(response)
     }
 }
 
@@ -330,7 +435,14 @@ pub async fn start(
 ) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
     let door = Arc::new(door);
     let handler = move |req: Request<hyper::body::Incoming>, peer: Option<IpAddr>| {
-        std::future::ready(door.handle(&req, peer))
+        let step = door.begin(&req, peer);
+        let door = door.clone();
+        async move {
+            match step {
+                Step::Done(r) => r,
+                Step::Captcha(job) => door.captcha(*job).await,
+            }
+        }
     };
     super::http::serve(
         "forward_auth",
