@@ -265,6 +265,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             );
             state.geoip = Some(Arc::new(geo));
         }
+        state.captcha = captcha.clone();
         let adm = crate::web::start(Arc::new(state), shutdown_rx.clone()).await?;
         anyhow::Ok((socket_addr, fa, adm, token))
     };
