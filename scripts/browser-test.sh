@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The web console in a real browser: bash scripts/browser-test.sh [--screenshots]
+# The web console and captcha in a real browser: bash scripts/browser-test.sh [--screenshots]
 #
 # Installs what it needs when missing (Debian's chromium and nodejs/npm with apt,
 # playwright-core from the lockfile in tests/browser with npm ci), builds the cerberus

@@ -217,8 +217,7 @@ pub fn take_captcha_request(input: &mut BytesMut) -> Taken<CaptchaRequest> {
         let family = f.u8()?;
         let addr = match family {
             4 => IpAddr::from(<[u8; 4]>::try_from(f.bytes(4)?).expect("4 bytes")),
-            6 => IpAddr::from(<[u8; 16]>::try_from(f.bytes(16)?).expect("16 bytes"))
-                .to_canonical(),
+            6 => IpAddr::from(<[u8; 16]>::try_from(f.bytes(16)?).expect("16 bytes")).to_canonical(),
             other => return Err(FrameError::BadFamily { id, family: other }),
         };
         let https = f.u8()? & 1 == 1;
@@ -361,7 +360,10 @@ mod tests {
     fn answers_round_trip_and_other_kinds_are_left_alone() {
         let page = CaptchaAnswer::Respond {
             status: 403,
-            headers: vec![("content-security-policy".into(), "default-src 'none'".into())],
+            headers: vec![(
+                "content-security-policy".into(),
+                "default-src 'none'".into(),
+            )],
             body: vec![b'x'; 9000],
         };
         for a in [CaptchaAnswer::Pass, CaptchaAnswer::Refuse, page] {
@@ -382,6 +384,9 @@ mod tests {
         let mut out = BytesMut::new();
         encode_captcha_request(&request(2000), &mut out);
         out[MAX_FRAME_LEN + 7] ^= 0x55; // the second frame's id
-        assert!(matches!(take_captcha_request(&mut out), Taken::Message(Err(_))));
+        assert!(matches!(
+            take_captcha_request(&mut out),
+            Taken::Message(Err(_))
+        ));
     }
 }

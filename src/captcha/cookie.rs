@@ -16,7 +16,10 @@ pub struct Signer {
 }
 
 fn message(ip: IpAddr, expires: u64) -> String {
-    format!("cerberus-captcha-v1|{}|{expires}", crate::decision::normalize_ip(ip))
+    format!(
+        "cerberus-captcha-v1|{}|{expires}",
+        crate::decision::normalize_ip(ip)
+    )
 }
 
 impl Signer {
@@ -80,7 +83,10 @@ mod tests {
         let s = Signer::new(&[7; 32]);
         let v = s.value(ip("192.0.2.1"), 1000);
         assert!(s.check(&v, ip("192.0.2.1"), 999));
-        assert!(s.check(&v, ip("::ffff:192.0.2.1"), 999), "mapped IPv4 is the same IP");
+        assert!(
+            s.check(&v, ip("::ffff:192.0.2.1"), 999),
+            "mapped IPv4 is the same IP"
+        );
         assert!(!s.check(&v, ip("192.0.2.1"), 1000), "expired");
         assert!(!s.check(&v, ip("192.0.2.2"), 999), "another IP");
     }
@@ -90,9 +96,15 @@ mod tests {
         let s = Signer::new(&[7; 32]);
         let v = s.value(ip("192.0.2.1"), 1000);
         let other = Signer::new(&[8; 32]).value(ip("192.0.2.1"), 1000);
-        assert!(!s.check(&other, ip("192.0.2.1"), 1), "signed with another key");
+        assert!(
+            !s.check(&other, ip("192.0.2.1"), 1),
+            "signed with another key"
+        );
         let (_, mac) = v.split_once('.').unwrap();
-        assert!(!s.check(&format!("2000.{mac}"), ip("192.0.2.1"), 1), "expiry moved");
+        assert!(
+            !s.check(&format!("2000.{mac}"), ip("192.0.2.1"), 1),
+            "expiry moved"
+        );
         for bad in ["", "1000", "1000.", "x.y", "1000.!!!", "-1.abc"] {
             assert!(!s.check(bad, ip("192.0.2.1"), 1), "{bad:?}");
         }
@@ -107,7 +119,10 @@ mod tests {
         assert!(s
             .set_cookie(ip("192.0.2.1"), 1000, 60, true)
             .ends_with("; Secure"));
-        assert_eq!(from_header("a=1; cerberus_captcha=5.xyz; b=2"), Some("5.xyz"));
+        assert_eq!(
+            from_header("a=1; cerberus_captcha=5.xyz; b=2"),
+            Some("5.xyz")
+        );
         assert_eq!(from_header("a=1; cerberus_captchax=5"), None);
     }
 }

@@ -136,8 +136,9 @@ fn signing_key(config: &Config) -> anyhow::Result<Vec<u8>> {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            crate::secure_file::write(&path, hex.as_bytes(), 0o600)
-                .with_context(|| format!("{}: cannot write the captcha signing key", path.display()))?;
+            crate::secure_file::write(&path, hex.as_bytes(), 0o600).with_context(|| {
+                format!("{}: cannot write the captcha signing key", path.display())
+            })?;
             Ok(hex.into_bytes())
         }
         Err(e) => Err(e).with_context(|| format!("{}: cannot read it", path.display())),
@@ -214,7 +215,10 @@ impl Captcha {
     }
 
     async fn decide(&self, ask: &Ask<'_>, now: u64) -> Reply {
-        if ask.cookie.is_some_and(|c| self.signer.check(c, ask.ip, now)) {
+        if ask
+            .cookie
+            .is_some_and(|c| self.signer.check(c, ask.ip, now))
+        {
             return Reply::Pass;
         }
         if !ask.method.eq_ignore_ascii_case("GET") && !ask.method.eq_ignore_ascii_case("HEAD") {

@@ -98,7 +98,12 @@ mod tests {
             script_url: "http://127.0.0.1:9/api.js",
             site_key: "site\"key",
         };
-        let page = w.render(BUILTIN_PAGE, "N0NCE", "192.0.2.1".parse().unwrap(), "/a?b=<x>&c=1");
+        let page = w.render(
+            BUILTIN_PAGE,
+            "N0NCE",
+            "192.0.2.1".parse().unwrap(),
+            "/a?b=<x>&c=1",
+        );
         assert!(page.contains("class=\"h-captcha\" data-sitekey=\"site&quot;key\""));
         assert!(page.contains("action=\"/a\""));
         assert!(page.contains("value=\"/a?b=&lt;x&gt;&amp;c=1\""));
@@ -113,7 +118,13 @@ mod tests {
     #[test]
     fn only_local_paths_are_returned_to() {
         assert_eq!(safe_return("/x?y=1"), "/x?y=1");
-        for bad in ["//evil.example/", "/\\evil.example", "https://evil.example/", "x", "/a\nb"] {
+        for bad in [
+            "//evil.example/",
+            "/\\evil.example",
+            "https://evil.example/",
+            "x",
+            "/a\nb",
+        ] {
             assert_eq!(safe_return(bad), "/", "{bad:?}");
         }
     }

@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(origin("http://127.0.0.1:9/w.js?x"), Some("http://127.0.0.1:9"));
+        assert_eq!(
+            origin("http://127.0.0.1:9/w.js?x"),
+            Some("http://127.0.0.1:9")
+        );
         assert_eq!(origin("https://a.example"), Some("https://a.example"));
         assert_eq!(origin("nope"), None);
     }

@@ -24,7 +24,11 @@ fn stand_in(status: u16) -> (String, std::thread::JoinHandle<Vec<String>>) {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap_or(0);
                     if body.len() >= len {
                         bodies.push(body.to_string());
@@ -79,7 +83,10 @@ async fn challenge_solve_cookie_and_refusals() {
     let key = std::fs::read_to_string(dir.path().join(SIGNING_KEY_FILE)).unwrap();
     assert_eq!(key.len(), 64, "a generated key of 32 random bytes, hex");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join(SIGNING_KEY_FILE)).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join(SIGNING_KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let Reply::Challenge { page, csp } = c.decide(&ask("GET", "/shop?x=1", None), 100).await else {
@@ -87,10 +94,17 @@ async fn challenge_solve_cookie_and_refusals() {
     };
     assert!(page.contains("class=\"cf-turnstile\""));
     assert!(csp.contains("'nonce-"));
-    assert_eq!(c.decide(&ask("POST", "/shop", None), 100).await, Reply::Refuse("method"));
+    assert_eq!(
+        c.decide(&ask("POST", "/shop", None), 100).await,
+        Reply::Refuse("method")
+    );
 
     let solve = "/shop?__cerberus_captcha=%2Fshop%3Fx%3D1&cf-turnstile-response=good";
-    let Reply::Solved { location, set_cookie } = c.decide(&ask("GET", solve, None), 100).await else {
+    let Reply::Solved {
+        location,
+        set_cookie,
+    } = c.decide(&ask("GET", solve, None), 100).await
+    else {
         panic!("a good token solves");
     };
     assert_eq!(location, "/shop?x=1");
@@ -102,13 +116,25 @@ async fn challenge_solve_cookie_and_refusals() {
         .split(';')
         .next()
         .unwrap();
-    assert_eq!(c.decide(&ask("GET", "/other", Some(value)), 101).await, Reply::Pass);
-    assert_eq!(c.decide(&ask("POST", "/other", Some(value)), 101).await, Reply::Pass);
+    assert_eq!(
+        c.decide(&ask("GET", "/other", Some(value)), 101).await,
+        Reply::Pass
+    );
+    assert_eq!(
+        c.decide(&ask("POST", "/other", Some(value)), 101).await,
+        Reply::Pass
+    );
     let later = 100 + 3600;
-    assert!(matches!(c.decide(&ask("GET", "/other", Some(value)), later).await, Reply::Challenge { .. }));
+    assert!(matches!(
+        c.decide(&ask("GET", "/other", Some(value)), later).await,
+        Reply::Challenge { .. }
+    ));
     let mut other_ip = ask("GET", "/other", Some(value));
     other_ip.ip = "192.0.2.8".parse().unwrap();
-    assert!(matches!(c.decide(&other_ip, 101).await, Reply::Challenge { .. }));
+    assert!(matches!(
+        c.decide(&other_ip, 101).await,
+        Reply::Challenge { .. }
+    ));
 }
 
 #[tokio::test]
@@ -117,14 +143,20 @@ async fn a_rejected_token_is_challenged_again_and_a_dead_provider_refused() {
     let (url, server) = stand_in(200);
     let c = captcha(dir.path(), &url);
     let bad = "/?__cerberus_captcha=%2F&cf-turnstile-response=forged";
-    assert!(matches!(c.decide(&ask("GET", bad, None), 1).await, Reply::Challenge { .. }));
+    assert!(matches!(
+        c.decide(&ask("GET", bad, None), 1).await,
+        Reply::Challenge { .. }
+    ));
     server.join().unwrap();
     assert_eq!(c.verifier().reach(), verify::Reach::Reachable);
 
     let (url, server) = stand_in(502);
     let c = captcha(dir.path(), &url);
     let good = "/?__cerberus_captcha=%2F&cf-turnstile-response=good";
-    assert_eq!(c.decide(&ask("GET", good, None), 1).await, Reply::Refuse("unreachable"));
+    assert_eq!(
+        c.decide(&ask("GET", good, None), 1).await,
+        Reply::Refuse("unreachable")
+    );
     server.join().unwrap();
     assert_eq!(c.verifier().reach(), verify::Reach::Unreachable);
 
@@ -133,5 +165,8 @@ async fn a_rejected_token_is_challenged_again_and_a_dead_provider_refused() {
     let url = format!("http://{}/", l.local_addr().unwrap());
     drop(l);
     let c = captcha(dir.path(), &url);
-    assert_eq!(c.decide(&ask("GET", good, None), 1).await, Reply::Refuse("unreachable"));
+    assert_eq!(
+        c.decide(&ask("GET", good, None), 1).await,
+        Reply::Refuse("unreachable")
+    );
 }

@@ -143,9 +143,10 @@ impl Reader {
                     ),
                 ),
                 Ok(_) => {}
-                Err(e) => {
-                    self.problem("captcha_template", format!("cannot read {}: {e}", path.display()))
-                }
+                Err(e) => self.problem(
+                    "captcha_template",
+                    format!("cannot read {}: {e}", path.display()),
+                ),
             }
         }
         let any_set = CAPTCHA_KEYS.iter().any(|k| self.raw(k).is_some());
@@ -165,7 +166,12 @@ impl Reader {
                 "missing: the provider's site key (public, shown in the page)",
             );
         }
-        if cc.secret_key.is_empty() && !self.problems.iter().any(|p| p.key.starts_with("captcha_secret_key")) {
+        if cc.secret_key.is_empty()
+            && !self
+                .problems
+                .iter()
+                .any(|p| p.key.starts_with("captcha_secret_key"))
+        {
             self.problem(
                 "captcha_secret_key",
                 "missing: the provider's secret key (or captcha_secret_key_file)",

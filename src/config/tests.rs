@@ -436,8 +436,8 @@ fn captcha_keys_and_their_problems() {
     assert!(find("captcha_script_url").contains("ftp://x/api.js"));
     assert!(find("captcha_verify_url").contains("nope"));
 
-    let problems = load("captcha_provider: turnstile\ncaptcha_template: /nonexistent/t.html\n")
-        .unwrap_err();
+    let problems =
+        load("captcha_provider: turnstile\ncaptcha_template: /nonexistent/t.html\n").unwrap_err();
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     for key in ["captcha_site_key", "captcha_secret_key", "captcha_template"] {
         assert!(keys.contains(&key), "{key} missing from {problems:?}");

@@ -150,7 +150,8 @@ impl Door {
                 None => job.refusal,
                 Some(w) => {
                     let mut r = Response::new(Full::new(Bytes::from(w.body)));
-                    *r.status_mut() = StatusCode::from_u16(w.status).unwrap_or(StatusCode::FORBIDDEN);
+                    *r.status_mut() =
+                        StatusCode::from_u16(w.status).unwrap_or(StatusCode::FORBIDDEN);
                     for (name, value) in w.headers {
                         if let Ok(v) = HeaderValue::from_str(&value) {
                             r.headers_mut().append(name, v);

@@ -401,7 +401,11 @@ impl Connection {
             None => CaptchaAnswer::Refuse,
             Some(w) => CaptchaAnswer::Respond {
                 status: w.status,
-                headers: w.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                headers: w
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
                 body: w.body.into_bytes(),
             },
         }
