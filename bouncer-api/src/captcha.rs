@@ -200,46 +200,50 @@ pub fn encode_captcha_request(req: &CaptchaRequest, out: &mut BytesMut) {
     put_message(out, KIND_CAPTCHA, req.id, &m);
 }
 
-/// Takes a captcha request off the front of `input`.
-pub fn take_captcha_request(input: &mut BytesMut) -> Taken<CaptchaRequest> {
-    let (id, m) = match take_message(input, KIND_CAPTCHA, MAX_REQUEST) {
+/// Takes a message of `kind` off `input` and reads it with `parse`; bytes left after
+/// it are `trailing_bytes`.
+fn take_parsed<T>(
+    input: &mut BytesMut,
+    kind: u8,
+    max: usize,
+    parse: impl FnOnce(&mut Fields<'_>) -> Result<T, FrameError>,
+) -> Taken<T> {
+    let (id, m) = match take_message(input, kind, max) {
         Taken::Other => return Taken::Other,
         Taken::Partial => return Taken::Partial,
         Taken::Message(Err(e)) => return Taken::Message(Err(e)),
         Taken::Message(Ok(v)) => v,
     };
-    let mut f = Fields {
-        p: &m,
-        id,
-        kind: KIND_CAPTCHA,
-    };
-    let parsed = (|| {
-        let family = f.u8()?;
-        let addr = match family {
+    let mut f = Fields { p: &m, id, kind };
+    let parsed = parse(&mut f);
+    Taken::Message(parsed.and_then(|v| {
+        if f.p.is_empty() {
+            Ok(v)
+        } else {
+            Err(FrameError::TrailingBytes { id, kind })
+        }
+    }))
+}
+
+/// Takes a captcha request off the front of `input`.
+pub fn take_captcha_request(input: &mut BytesMut) -> Taken<CaptchaRequest> {
+    take_parsed(input, KIND_CAPTCHA, MAX_REQUEST, |f| {
+        let id = f.id;
+        let addr = match f.u8()? {
             4 => IpAddr::from(<[u8; 4]>::try_from(f.bytes(4)?).expect("4 bytes")),
-            6 => IpAddr::from(<[u8; 16]>::try_from(f.bytes(16)?).expect("16 bytes")).to_canonical(),
+            6 => IpAddr::from(<[u8; 16]>::try_from(f.bytes(16)?).expect("16 bytes"))
+                .to_canonical(),
             other => return Err(FrameError::BadFamily { id, family: other }),
         };
-        let https = f.u8()? & 1 == 1;
-        let method = f.text(false, "method")?;
-        let uri = f.text(true, "uri")?;
-        let cookie = f.text(true, "cookie")?;
-        if !f.p.is_empty() {
-            return Err(FrameError::TrailingBytes {
-                id,
-                kind: KIND_CAPTCHA,
-            });
-        }
         Ok(CaptchaRequest {
             id,
             addr,
-            https,
-            method,
-            uri,
-            cookie,
+            https: f.u8()? & 1 == 1,
+            method: f.text(false, "method")?,
+            uri: f.text(true, "uri")?,
+            cookie: f.text(true, "cookie")?,
         })
-    })();
-    Taken::Message(parsed)
+    })
 }
 
 /// Appends a captcha answer (as many frames as it takes; a body beyond the message
@@ -270,20 +274,8 @@ pub fn encode_captcha_answer(id: u32, answer: &CaptchaAnswer, out: &mut BytesMut
 
 /// Takes a captcha answer off the front of `input` (the client side).
 pub fn take_captcha_answer(input: &mut BytesMut) -> Taken<(u32, CaptchaAnswer)> {
-    let (id, m) = match take_message(input, KIND_CAPTCHA_ANSWER, MAX_ANSWER) {
-        Taken::Other => return Taken::Other,
-        Taken::Partial => return Taken::Partial,
-        Taken::Message(Err(e)) => return Taken::Message(Err(e)),
-        Taken::Message(Ok(v)) => v,
-    };
-    let mut f = Fields {
-        p: &m,
-        id,
-        kind: KIND_CAPTCHA_ANSWER,
-    };
-    let parsed = (|| {
-        let action = f.u8()?;
-        let answer = match action {
+    take_parsed(input, KIND_CAPTCHA_ANSWER, MAX_ANSWER, |f| {
+        let answer = match f.u8()? {
             0 => CaptchaAnswer::Pass,
             2 => CaptchaAnswer::Refuse,
             1 => {
@@ -295,30 +287,22 @@ pub fn take_captcha_answer(input: &mut BytesMut) -> Taken<(u32, CaptchaAnswer)> 
                     let value = f.text(true, "header value")?;
                     headers.push((name, value));
                 }
-                let body = std::mem::take(&mut f.p).to_vec();
                 CaptchaAnswer::Respond {
                     status,
                     headers,
-                    body,
+                    body: std::mem::take(&mut f.p).to_vec(),
                 }
             }
             other => {
                 return Err(FrameError::BadValue {
-                    id,
+                    id: f.id,
                     field: "action",
                     value: other,
                 })
             }
         };
-        if !f.p.is_empty() {
-            return Err(FrameError::TrailingBytes {
-                id,
-                kind: KIND_CAPTCHA_ANSWER,
-            });
-        }
-        Ok((id, answer))
-    })();
-    Taken::Message(parsed)
+        Ok((f.id, answer))
+    })
 }
 
 #[cfg(test)]

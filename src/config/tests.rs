@@ -400,6 +400,16 @@ fn sizes_and_listeners() {
     assert!(Listen::parse("7420").is_err());
 }
 
+/// The message of the problem naming `key`.
+fn message_for(problems: &[Problem], key: &str) -> String {
+    problems
+        .iter()
+        .find(|p| p.key == key)
+        .unwrap_or_else(|| panic!("{key} missing from {problems:?}"))
+        .message
+        .clone()
+}
+
 #[test]
 fn captcha_keys_and_their_problems() {
     let c = load("").unwrap();
@@ -422,14 +432,7 @@ fn captcha_keys_and_their_problems() {
         no_form.display()
     );
     let problems = load(&yaml).unwrap_err();
-    let find = |key: &str| {
-        problems
-            .iter()
-            .find(|p| p.key == key)
-            .unwrap_or_else(|| panic!("{key} missing from {problems:?}"))
-            .message
-            .clone()
-    };
+    let find = |key: &str| message_for(&problems, key);
     assert!(find("captcha_provider").contains("funcaptcha"));
     assert!(find("captcha_signing_key").contains("at least 32"));
     assert!(find("captcha_template").contains("{{captcha_form}}"));

@@ -10,7 +10,7 @@ import { mkdtempSync, writeFileSync, readFileSync, openSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import http from "node:http";
-import net from "node:net";
+import { freePort } from "./net.mjs";
 import { chromium } from "playwright-core";
 import { startProvider } from "./captcha-provider.mjs";
 
@@ -25,17 +25,6 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const SECRET = "stand-in-secret";
 const CAPTCHA_IP = "198.51.100.7"; // a second client with a captcha decision
 const BANNED_IP = "198.51.100.66"; // next to it, banned
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitFor(what, url, ok) {
   for (let i = 0; i < 400; i++) {
