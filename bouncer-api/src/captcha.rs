@@ -231,8 +231,7 @@ pub fn take_captcha_request(input: &mut BytesMut) -> Taken<CaptchaRequest> {
         let id = f.id;
         let addr = match f.u8()? {
             4 => IpAddr::from(<[u8; 4]>::try_from(f.bytes(4)?).expect("4 bytes")),
-            6 => IpAddr::from(<[u8; 16]>::try_from(f.bytes(16)?).expect("16 bytes"))
-                .to_canonical(),
+            6 => IpAddr::from(<[u8; 16]>::try_from(f.bytes(16)?).expect("16 bytes")).to_canonical(),
             other => return Err(FrameError::BadFamily { id, family: other }),
         };
         Ok(CaptchaRequest {

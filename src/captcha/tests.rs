@@ -170,3 +170,46 @@ async fn a_rejected_token_is_challenged_again_and_a_dead_provider_refused() {
         Reply::Refuse("unreachable")
     );
 }
+
+#[tokio::test]
+async fn challenges_count_as_dropped_and_a_solve_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, server) = stand_in(200);
+    let c = captcha(dir.path(), &url);
+    let usage = crate::usage::Usage::default();
+    let dropped = |u: &crate::usage::Usage| {
+        u.totals()
+            .dropped
+            .get(&("cscli".to_string(), "captcha".to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let first = c
+        .answer(&ask("GET", "/", None), 1, &usage, "cscli", "s")
+        .await;
+    assert!(matches!(first, Reply::Challenge { .. }));
+    assert_eq!(dropped(&usage), 1, "a challenge is a dropped request");
+    let post = c
+        .answer(&ask("POST", "/", None), 1, &usage, "cscli", "s")
+        .await;
+    assert_eq!(post, Reply::Refuse("method"));
+    assert_eq!(dropped(&usage), 2, "a refusal too");
+    let solve = "/?__cerberus_captcha=%2F&cf-turnstile-response=good";
+    let solved = c
+        .answer(&ask("GET", solve, None), 1, &usage, "cscli", "s")
+        .await;
+    server.join().unwrap();
+    let Reply::Solved { set_cookie, .. } = solved else {
+        panic!("solved: {solved:?}");
+    };
+    assert_eq!(dropped(&usage), 2, "a solve is processed, not dropped");
+    let value = set_cookie["cerberus_captcha=".len()..]
+        .split(';')
+        .next()
+        .unwrap();
+    let pass = c
+        .answer(&ask("GET", "/", Some(value)), 2, &usage, "cscli", "s")
+        .await;
+    assert_eq!(pass, Reply::Pass);
+    assert_eq!(dropped(&usage), 2, "nor is a pass with the cookie");
+}

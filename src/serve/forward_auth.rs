@@ -59,25 +59,10 @@ pub struct Door {
     captcha: Option<Arc<crate::captcha::Captcha>>,
 }
 
-/// A request whose verdict is captcha, with what the flow needs from it (owned, so the
-/// request itself is not held while the provider is asked).
-pub struct CaptchaJob {
-    ip: IpAddr,
-    method: String,
-    uri: String,
-    https: bool,
-    cookie: Option<String>,
-    origin: String,
-    scenario: String,
-    /// The answer when the flow refuses (the ban page, status 403).
-    refusal: Response<Full<Bytes>>,
-    started: Instant,
-}
-
 /// What [`Door::begin`] found.
 pub enum Step {
     Done(Response<Full<Bytes>>),
-    Captcha(Box<CaptchaJob>),
+    Captcha(Box<super::captcha::CaptchaJob>),
 }
 
 impl Door {
@@ -114,54 +99,13 @@ impl Door {
         self
     }
 
-    /// Answers one forward_auth request, the captcha flow included.
-    pub async fn handle<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
-        match self.begin(req, peer) {
-            Step::Done(r) => r,
-            Step::Captcha(job) => self.captcha(*job).await,
-        }
-    }
-
     /// The captcha flow's answer for `job`.
-    pub async fn captcha(&self, job: CaptchaJob) -> Response<Full<Bytes>> {
-        let Some(captcha) = &self.captcha else {
-            return job.refusal;
-        };
-        let ask = crate::captcha::Ask {
-            ip: job.ip,
-            method: &job.method,
-            uri: &job.uri,
-            https: job.https,
-            cookie: job.cookie.as_deref(),
-        };
-        let reply = captcha
-            .answer(
-                &ask,
-                clock::now_secs().into(),
-                self.decider.usage(),
-                &job.origin,
-                &job.scenario,
-            )
+    pub async fn captcha(&self, job: super::captcha::CaptchaJob) -> Response<Full<Bytes>> {
+        let started = job.started;
+        let response = job
+            .answer(self.captcha.as_deref(), self.decider.usage())
             .await;
-        let response = if reply == crate::captcha::Reply::Pass {
-            plain(StatusCode::OK, "allow", String::new())
-        } else {
-            match reply.written() {
-                None => job.refusal,
-                Some(w) => {
-                    let mut r = Response::new(Full::new(Bytes::from(w.body)));
-                    *r.status_mut() =
-                        StatusCode::from_u16(w.status).unwrap_or(StatusCode::FORBIDDEN);
-                    for (name, value) in w.headers {
-                        if let Ok(v) = HeaderValue::from_str(&value) {
-                            r.headers_mut().append(name, v);
-                        }
-                    }
-                    r
-                }
-            }
-        };
-        self.duration.record(job.started.elapsed().as_secs_f64());
+        self.duration.record(started.elapsed().as_secs_f64());
         response
     }
 
@@ -288,24 +232,14 @@ impl Door {
             && source != Source::FailClosed
             && self.captcha.is_some()
         {
-            let h = req.headers();
-            let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-            return Step::Captcha(Box::new(CaptchaJob {
+            return Step::Captcha(Box::new(super::captcha::CaptchaJob::new(
                 ip,
-                method: text("x-forwarded-method").unwrap_or("GET").to_string(),
-                uri: text("x-forwarded-uri").unwrap_or("/").to_string(),
-                https: text("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https")),
-                cookie: h
-                    .get_all(hyper::header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(crate::captcha::cookie::from_header)
-                    .map(str::to_string),
+                req.headers(),
                 origin,
                 scenario,
-                refusal: response,
+                response,
                 started,
-            }));
+            )));
         }
         self.duration.record(started.elapsed().as_secs_f64());
         Step::Done(response)

@@ -1,7 +1,9 @@
 //! The two doors Caddy knocks on: the Unix socket speaking the binary protocol of
 //! `bouncer-api` (for the Caddy module) and an HTTP endpoint for Caddy's stock
-//! `forward_auth` directive. Both ask the same [`Decider`] and count what they answer.
+//! `forward_auth` directive. Both ask the same [`Decider`] and count what they answer;
+//! a captcha verdict goes on to the captcha flow through [`captcha`].
 
+pub mod captcha;
 pub mod fds;
 pub mod forward_auth;
 pub mod http;

@@ -340,7 +340,9 @@ impl Connection {
             }
             let mut step = self.answer_all(&mut input, &mut output, &meters);
             while let Step::Captcha(req) = step {
-                let answer = self.captcha_answer(&req).await;
+                let answer =
+                    super::captcha::socket_answer(&self.decider, self.captcha.as_deref(), &req)
+                        .await;
                 bouncer_api::captcha::encode_captcha_answer(req.id, &answer, &mut output);
                 step = self.answer_all(&mut input, &mut output, &meters);
             }
@@ -358,56 +360,6 @@ impl Connection {
                 let _ = stream.shutdown().await;
                 return;
             }
-        }
-    }
-
-    /// The captcha flow's answer for a request the module found a captcha verdict for.
-    /// The verdict is looked up again here (it may have changed, and the daemon decides):
-    /// allow or bypassed passes, anything but captcha refuses.
-    async fn captcha_answer(
-        &self,
-        req: &bouncer_api::captcha::CaptchaRequest,
-    ) -> bouncer_api::captcha::CaptchaAnswer {
-        use bouncer_api::captcha::CaptchaAnswer;
-        let found = self.decider.answer(req.addr);
-        match found.remediation {
-            None => return CaptchaAnswer::Pass,
-            Some(crate::decision::Remediation::Captcha) => {}
-            Some(_) => return CaptchaAnswer::Refuse,
-        }
-        let Some(captcha) = &self.captcha else {
-            return CaptchaAnswer::Refuse;
-        };
-        let ask = crate::captcha::Ask {
-            ip: req.addr,
-            method: &req.method,
-            uri: &req.uri,
-            https: req.https,
-            cookie: (!req.cookie.is_empty()).then_some(req.cookie.as_str()),
-        };
-        let reply = captcha
-            .answer(
-                &ask,
-                clock::now_secs().into(),
-                self.decider.usage(),
-                found.origin.as_deref().unwrap_or(""),
-                found.scenario.as_deref().unwrap_or(""),
-            )
-            .await;
-        if reply == crate::captcha::Reply::Pass {
-            return CaptchaAnswer::Pass;
-        }
-        match reply.written() {
-            None => CaptchaAnswer::Refuse,
-            Some(w) => CaptchaAnswer::Respond {
-                status: w.status,
-                headers: w
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                body: w.body.into_bytes(),
-            },
         }
     }
 
