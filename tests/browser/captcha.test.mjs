@@ -100,11 +100,13 @@ before(async () => {
   // 2.6.2 (which has none) through forward_auth's own trusted_proxies.
   const global = `{\n\tadmin off\n\tauto_https off\n}\n`;
   const trusted = `{\n\tadmin off\n\tauto_https off\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n}\n`;
+  // The module's lookups get 5 s and fail closed: the 20 ms default is short for a
+  // loaded test machine, and failing open would let a captcha client through unseen.
   const mod = join(dir, "Caddyfile.module");
   writeFileSync(
     mod,
     trusted +
-      `http://127.0.0.1:${modPort} {\n\troute {\n\t\tcerberus {\n\t\t\tsocket ${dir}/cerberus.sock\n\t\t\tsnapshot_dir off\n\t\t}\n\t\treverse_proxy ${up}\n\t}\n}\n`,
+      `http://127.0.0.1:${modPort} {\n\troute {\n\t\tcerberus {\n\t\t\tsocket ${dir}/cerberus.sock\n\t\t\tsnapshot_dir off\n\t\t\ttimeout 5s\n\t\t\tfail closed\n\t\t}\n\t\treverse_proxy ${up}\n\t}\n}\n`,
   );
   const fwd = join(dir, "Caddyfile.forward_auth");
   writeFileSync(
