@@ -363,14 +363,7 @@ fn engine_problems_name_their_keys() {
          stop_grace: forever\n  enable: true\n",
     )
     .unwrap_err();
-    let find = |key: &str| {
-        problems
-            .iter()
-            .find(|p| p.key == key)
-            .unwrap_or_else(|| panic!("{key} missing from {problems:?}"))
-            .message
-            .clone()
-    };
+    let find = |key: &str| message_for(&problems, key);
     // The binaries and the engine config are the engine's to check
     // (crate::engine::config::check); this file's reading leaves them alone.
     assert!(problems.iter().all(|p| p.key != "engine.crowdsec_bin"));
