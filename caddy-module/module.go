@@ -235,11 +235,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ans.Remediation == Throttle {
 		d.Status, d.Title = http.StatusTooManyRequests, "Too many requests"
 	}
-	// ban, captcha (no captcha support yet), other: 403. The error (for `errors`)
+	// ban, other, and a captcha the daemon refuses: 403. The error (for `errors`)
 	// is built only when it is used.
 	var cause error
 	if h.Errors {
 		cause = fmt.Errorf("cerberus: %s: %s by %s (%s)", addr, ans.Remediation, ans.Origin, ans.Scenario)
+	}
+	if ans.Remediation == Captcha {
+		passed, err := h.captcha(w, r, addr, d, cause)
+		if passed {
+			return next.ServeHTTP(w, r)
+		}
+		return err
 	}
 	return h.refuse(w, d, cause)
 }

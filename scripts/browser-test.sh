@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The web console in a real browser: bash scripts/browser-test.sh [--screenshots]
+# The web console and captcha in a real browser: bash scripts/browser-test.sh [--screenshots]
 #
 # Installs what it needs when missing (Debian's chromium and nodejs/npm with apt,
 # playwright-core from the lockfile in tests/browser with npm ci), builds the cerberus
@@ -38,8 +38,13 @@ cargo build --quiet --bin cerberus
 # the managed CrowdSec engine: both ready before the browser starts.
 bash scripts/crowdsec-lapi.sh install >/dev/null
 cargo test --quiet --no-run --test web_engine_scene
+# Captcha (captcha.test.mjs) runs through our Caddy with the module and Debian's caddy.
+command -v caddy >/dev/null || as_root apt-get install -y -qq caddy >/dev/null
+bash scripts/build-caddy.sh >/dev/null
 BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/cerberus"
 
 cd tests/browser
 CERBERUS_BIN="$BIN" CHROMIUM="$(command -v chromium)" SCREENSHOTS="$SHOTS" \
-    node --test --test-concurrency=1 --test-reporter=spec console.test.mjs engine.test.mjs
+    MODULE_CADDY="$REPO_ROOT/caddy-module/bin/caddy" \
+    node --test --test-concurrency=1 --test-reporter=spec console.test.mjs engine.test.mjs \
+    captcha.test.mjs

@@ -10,7 +10,7 @@
 #   the CrowdSec-backed tests again on CrowdSec 1.7.8 (built from the Go module proxy)
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
 #   schemathesis on docs/admin-api.yaml           (scripts/schemathesis.sh)
-#   the web console in chromium                   (scripts/browser-test.sh)
+#   the web console and captcha in chromium       (scripts/browser-test.sh)
 #   the .deb: build and contents, then dpkg -i on this machine (scripts/test-packaging.sh;
 #   the install part is skipped where systemd is PID 1)
 set -euo pipefail
@@ -388,7 +388,7 @@ else
     skip "go (caddy-module)" "no caddy-module/go.mod"
 fi
 step "schemathesis (docs/admin-api.yaml)" schemathesis_run
-step "browser tests (web console)" browser_test
+step "browser tests (web console, captcha)" browser_test
 step "packaging: .deb contents" bash scripts/test-packaging.sh contents
 if [[ -d /run/systemd/system ]]; then
     skip "packaging: install" "systemd runs here; the test would start the real service"

@@ -222,6 +222,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_connections: config.socket_max_connections,
             idle_timeout: config.socket_idle_timeout,
         })?;
+        let captcha = crate::captcha::Captcha::new(&config)?.map(std::sync::Arc::new);
+        crate::serve::set_captcha_flow(captcha.is_some());
+        let server = server.with_captcha(captcha.clone());
         threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
         if let Some(dir) = config.snapshot_path() {
             let settings = crate::serve::segments::SegmentSettings::new(dir, &config.socket);
@@ -236,7 +239,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         let socket_addr = format!("unix:{}", config.socket.display());
         info!("listening for Caddy module lookups on {socket_addr}");
-        let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?;
+        let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?
+            .with_captcha(captcha.clone());
         let fa = forward_auth::start(&config, door, shutdown_rx.clone()).await?;
         let token = admin::token(&config)?;
         let mut state = Admin::new(
@@ -264,6 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             );
             state.geoip = Some(Arc::new(geo));
         }
+        state.captcha = captcha.clone();
         let adm = crate::web::start(Arc::new(state), shutdown_rx.clone()).await?;
         anyhow::Ok((socket_addr, fa, adm, token))
     };

@@ -485,6 +485,32 @@ pub fn diagnose(config: &Config, t: &Target, as_json: bool) -> ExitCode {
                         c
                     }
                 });
+                let captcha = &c.body["captcha"];
+                match captcha["status"].as_str() {
+                    None => {}
+                    Some("reachable") => checks.push(check(
+                        "captcha",
+                        "ok",
+                        format!(
+                            "{} siteverify {} answers in {} ms",
+                            captcha["provider"].as_str().unwrap_or(""),
+                            captcha["url"].as_str().unwrap_or(""),
+                            captcha["latency_ms"]
+                        ),
+                        None,
+                    )),
+                    Some(_) => checks.push(check(
+                        "captcha",
+                        "fail",
+                        format!(
+                            "{} siteverify {} gives no usable answer: {}",
+                            captcha["provider"].as_str().unwrap_or(""),
+                            captcha["url"].as_str().unwrap_or(""),
+                            captcha["error"].as_str().unwrap_or("")
+                        ),
+                        Some("captcha solves are refused (403) until it answers: open outbound HTTPS to it, or fix captcha_verify_url"),
+                    )),
+                }
             }
         }
         Ok(a) if a.status == 401 => checks.push(check(

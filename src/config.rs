@@ -3,11 +3,13 @@
 //! problem at once, each naming its key.
 
 mod build;
+mod captcha;
 mod reader;
 mod secrets;
 #[cfg(test)]
 mod tests;
 
+pub use captcha::{CaptchaConfig, Provider as CaptchaProvider, MIN_SIGNING_KEY_LEN};
 pub use reader::parse_size;
 use reader::Reader;
 pub use secrets::MIN_ADMIN_TOKEN_LEN;
@@ -85,6 +87,16 @@ const KEYS: &[(&str, Kind)] = &[
     ("console_engine_config", Kind::Str),
     ("console_cscli_bin", Kind::Str),
     ("heartbeat_interval", Kind::Str),
+    ("captcha_provider", Kind::Str),
+    ("captcha_site_key", Kind::Str),
+    ("captcha_secret_key", Kind::Str),
+    ("captcha_secret_key_file", Kind::Str),
+    ("captcha_signing_key", Kind::Str),
+    ("captcha_signing_key_file", Kind::Str),
+    ("captcha_expiration", Kind::Str),
+    ("captcha_template", Kind::Str),
+    ("captcha_script_url", Kind::Str),
+    ("captcha_verify_url", Kind::Str),
 ];
 
 /// Nested sections: `engine: {enabled: true}` is read as the key `engine.enabled`, and
@@ -292,6 +304,8 @@ pub struct Config {
     /// How often the heartbeat poller checks the engine with the central API; zero
     /// turns the poller off. Default 5m.
     pub heartbeat_interval: Duration,
+    /// The `captcha_*` keys; captcha is off without `captcha_provider`.
+    pub captcha: CaptchaConfig,
     /// The files secrets were read from, by key (`api_key_file`, ...), for
     /// [`Config::exposed_secret_files`].
     pub secret_files: Vec<(String, PathBuf)>,
@@ -347,6 +361,7 @@ impl Default for Config {
             console_engine_config: None,
             console_cscli_bin: PathBuf::from("cscli"),
             heartbeat_interval: Duration::from_secs(5 * 60),
+            captcha: CaptchaConfig::default(),
             secret_files: Vec::new(),
         }
     }

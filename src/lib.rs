@@ -28,12 +28,14 @@
 //!   (used by [`console`], [`admin`] and [`engine`]; [`cli`] shows what [`admin`] found).
 //! - [`app`]: wires the parts together under one shutdown signal; [`notify`]: its
 //!   sd_notify messages to systemd (ready, status, watchdog, stopping).
+//! - [`captcha`]: the captcha flow both doors use (cookie, provider siteverify, page).
 //! - [`geoip`]: countries of decisions from a MaxMind-format database.
 //! - [`duration`], [`clock`], [`metrics`], [`escape`]: small shared pieces;
 //!   [`secure_file`]: files written without following symlinks.
 
 pub mod admin;
 pub mod app;
+pub mod captcha;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -288,6 +288,30 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Unit::Count,
         "1 when the last heartbeat to the CrowdSec central API succeeded, else 0.",
     ),
+    (
+        CAPTCHA_CHALLENGES,
+        Kind::Counter,
+        Unit::Count,
+        "Captcha challenge pages shown.",
+    ),
+    (
+        CAPTCHA_SOLVED,
+        Kind::Counter,
+        Unit::Count,
+        "Captchas solved and verified by the provider (a clearance cookie was set).",
+    ),
+    (
+        CAPTCHA_FAILED,
+        Kind::Counter,
+        Unit::Count,
+        "Captcha solves that failed, by reason (rejected, unreachable, busy).",
+    ),
+    (
+        CAPTCHA_REFUSED,
+        Kind::Counter,
+        Unit::Count,
+        "Requests with a captcha verdict refused with 403, by reason (method: not GET or HEAD).",
+    ),
 ];
 
 /// Admin API requests refused for a wrong token.
@@ -303,6 +327,15 @@ pub const ENGINE_UP: &str = "cerberus_engine_up";
 pub const ENGINE_CAPI_ENABLED: &str = "cerberus_engine_capi_enabled";
 /// Restarts of the managed CrowdSec engine after it died.
 pub const ENGINE_RESTARTS: &str = "cerberus_engine_restarts_total";
+
+/// Captcha challenge pages shown.
+pub const CAPTCHA_CHALLENGES: &str = "cerberus_captcha_challenges_total";
+/// Captchas solved (verified by the provider; a clearance cookie was set).
+pub const CAPTCHA_SOLVED: &str = "cerberus_captcha_solved_total";
+/// Captcha solves that failed, by `reason` (rejected, unreachable, busy).
+pub const CAPTCHA_FAILED: &str = "cerberus_captcha_failed_total";
+/// Requests with a captcha verdict refused outright, by `reason` (method).
+pub const CAPTCHA_REFUSED: &str = "cerberus_captcha_refused_total";
 
 /// Every name above, for tests and the exporter's descriptions.
 pub const ALL: &[&str] = &[
@@ -339,6 +372,10 @@ pub const ALL: &[&str] = &[
     CONSOLE_ENROLLMENTS,
     CONSOLE_HEARTBEATS,
     CONSOLE_HEARTBEAT_OK,
+    CAPTCHA_CHALLENGES,
+    CAPTCHA_SOLVED,
+    CAPTCHA_FAILED,
+    CAPTCHA_REFUSED,
 ];
 
 /// Histogram buckets (seconds). A lookup takes well under a microsecond of cerberus'

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod blocking;
+pub mod captcha;
 pub mod client;
 pub mod codec;
 mod error;

@@ -121,10 +121,42 @@ async fn capi_probe(admin: &Admin) -> Value {
     }
 }
 
+/// The captcha provider's siteverify: any JSON answer (an empty token is rejected by a
+/// live provider) means reachable. Null when captcha is off.
+async fn captcha_probe(admin: &Admin) -> Value {
+    let Some(c) = &admin.captcha else {
+        return Value::Null;
+    };
+    let v = c.verifier();
+    match v.probe().await {
+        Ok(rtt) => json!({"status": "reachable", "latency_ms": ms(rtt), "url": v.url(),
+            "provider": c.provider().name()}),
+        Err(e) => json!({"status": "unreachable", "url": v.url(), "error": e,
+            "provider": c.provider().name()}),
+    }
+}
+
+/// The captcha block of `/status`: what the last siteverify call showed.
+fn captcha_status(admin: &Admin) -> Value {
+    use crate::captcha::verify::Reach;
+    admin.captcha.as_ref().map_or(Value::Null, |c| {
+        let reach = match c.verifier().reach() {
+            Reach::Unknown => "unknown",
+            Reach::Reachable => "reachable",
+            Reach::Unreachable => "unreachable",
+        };
+        json!({"provider": c.provider().name(), "verify_url": c.verifier().url(), "provider_status": reach})
+    })
+}
+
 /// `GET /diagnostics/connectivity`.
 pub async fn connectivity(admin: &Admin) -> Reply {
-    let (lapi, capi) = tokio::join!(lapi_health(admin), capi_probe(admin));
-    json_reply(StatusCode::OK, &json!({"lapi": lapi, "capi": capi}))
+    let (lapi, capi, captcha) =
+        tokio::join!(lapi_health(admin), capi_probe(admin), captcha_probe(admin));
+    json_reply(
+        StatusCode::OK,
+        &json!({"lapi": lapi, "capi": capi, "captcha": captcha}),
+    )
 }
 
 fn rfc3339_ms(unix_ms: i64) -> String {
@@ -186,6 +218,7 @@ pub async fn status(admin: &Admin) -> Reply {
             "ready": admin.ready.get(),
             "uptime_seconds": admin.started.elapsed().as_secs(),
             "lapi": lapi,
+            "captcha": captcha_status(admin),
             "engine": admin.engine.as_ref().map(|e| json!({
                 "wanted": e.wanted(),
                 "status": e.supervisor.status(),

@@ -92,6 +92,8 @@ pub struct Admin {
     pub console: Option<Arc<crate::console::Console>>,
     /// `geoip_database`, when set: the country of every listed decision.
     pub geoip: Option<Arc<crate::geoip::GeoIp>>,
+    /// The captcha flow, when a provider is configured (its reachability is shown).
+    pub captcha: Option<Arc<crate::captcha::Captcha>>,
     token: String,
     countries: decisions::Countries,
 }
@@ -128,6 +130,7 @@ impl Admin {
             started: Instant::now(),
             console: None,
             geoip: None,
+            captcha: None,
             token,
             countries: decisions::Countries::default(),
         })

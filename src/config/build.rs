@@ -172,6 +172,7 @@ impl Reader {
             }
         }
         self.http_limits(&mut c);
+        self.captcha(&mut c);
         c.admin_token = self.secret("admin_token");
         if let Some(p) = secrets::token_strength(&c.admin_listen, c.admin_token.as_deref()) {
             self.problems.push(p);

@@ -402,14 +402,7 @@ fn engine_problems_name_their_keys() {
          stop_grace: forever\n  enable: true\n",
     )
     .unwrap_err();
-    let find = |key: &str| {
-        problems
-            .iter()
-            .find(|p| p.key == key)
-            .unwrap_or_else(|| panic!("{key} missing from {problems:?}"))
-            .message
-            .clone()
-    };
+    let find = |key: &str| message_for(&problems, key);
     // The binaries and the engine config are the engine's to check
     // (crate::engine::config::check); this file's reading leaves them alone.
     assert!(problems.iter().all(|p| p.key != "engine.crowdsec_bin"));
@@ -437,4 +430,53 @@ fn sizes_and_listeners() {
     );
     assert_eq!(Listen::parse("off"), Ok(Listen::Off));
     assert!(Listen::parse("7420").is_err());
+}
+
+/// The message of the problem naming `key`.
+fn message_for(problems: &[Problem], key: &str) -> String {
+    problems
+        .iter()
+        .find(|p| p.key == key)
+        .unwrap_or_else(|| panic!("{key} missing from {problems:?}"))
+        .message
+        .clone()
+}
+
+#[test]
+fn captcha_keys_and_their_problems() {
+    let c = load("").unwrap();
+    assert_eq!(c.captcha.provider, None, "captcha is off by default");
+    let c = load(
+        "captcha_provider: hCaptcha\ncaptcha_site_key: site\ncaptcha_secret_key: secret\n\
+         captcha_expiration: 30m\ncaptcha_verify_url: http://127.0.0.1:9/siteverify\n",
+    )
+    .unwrap();
+    assert_eq!(c.captcha.provider, Some(CaptchaProvider::Hcaptcha));
+    assert_eq!(c.captcha.expiration, Duration::from_secs(1800));
+    assert_eq!(c.captcha.signing_key, None, "generated at start when unset");
+
+    let dir = tempfile::tempdir().unwrap();
+    let no_form = dir.path().join("page.html");
+    std::fs::write(&no_form, "<p>hi</p>").unwrap();
+    let yaml = format!(
+        "captcha_provider: funcaptcha\ncaptcha_signing_key: short\n\
+         captcha_template: {}\ncaptcha_script_url: ftp://x/api.js\ncaptcha_verify_url: nope\n",
+        no_form.display()
+    );
+    let problems = load(&yaml).unwrap_err();
+    let find = |key: &str| message_for(&problems, key);
+    assert!(find("captcha_provider").contains("funcaptcha"));
+    assert!(find("captcha_signing_key").contains("at least 32"));
+    assert!(find("captcha_template").contains("{{captcha_form}}"));
+    assert!(find("captcha_script_url").contains("ftp://x/api.js"));
+    assert!(find("captcha_verify_url").contains("nope"));
+
+    let problems =
+        load("captcha_provider: turnstile\ncaptcha_template: /nonexistent/t.html\n").unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in ["captcha_site_key", "captcha_secret_key", "captcha_template"] {
+        assert!(keys.contains(&key), "{key} missing from {problems:?}");
+    }
+    let problems = load("captcha_site_key: x\n").unwrap_err();
+    assert_eq!(problems[0].key, "captcha_provider");
 }

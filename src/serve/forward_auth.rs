@@ -10,8 +10,11 @@
 //! (a Unix socket peer has none: 400).
 //!
 //! Answers: allow → 200 with an empty body; ban → `ban_status` (403) with an HTML page
-//! (JSON when `Accept` names only JSON types); captcha → the same as ban until captcha
-//! support exists; throttle → 429 with `Retry-After`; a decision type that cerberus does
+//! (JSON when `Accept` names only JSON types); captcha → the captcha flow of
+//! [`crate::captcha`] when a provider is configured (the original request from
+//! `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Proto` and `Cookie`, as Caddy's
+//! forward_auth sends them; its challenge and its 303 are not 2xx, so Caddy hands them
+//! to the client as they are), else the same as ban; throttle → 429 with `Retry-After`; a decision type that cerberus does
 //! not map (`other`) → the same as ban. Every answer carries `X-Cerberus-Remediation`;
 //! no usable client IP → 400 with a plain-text reason.
 
@@ -53,6 +56,13 @@ pub struct Door {
     meters: [metrics::Counter; REMEDIATION_LABELS.len()],
     no_ip: metrics::Counter,
     duration: metrics::Histogram,
+    captcha: Option<Arc<crate::captcha::Captcha>>,
+}
+
+/// What [`Door::begin`] found.
+pub enum Step {
+    Done(Response<Full<Bytes>>),
+    Captcha(Box<super::captcha::CaptchaJob>),
 }
 
 impl Door {
@@ -79,7 +89,24 @@ impl Door {
             ),
             no_ip: metrics::counter!(names::FORWARD_AUTH_NO_CLIENT_IP),
             duration: metrics::histogram!(names::LOOKUP_DURATION, "door" => "forward_auth"),
+            captcha: None,
         })
+    }
+
+    /// Answers captcha verdicts with this flow (without one: as a ban).
+    pub fn with_captcha(mut self, captcha: Option<Arc<crate::captcha::Captcha>>) -> Self {
+        self.captcha = captcha;
+        self
+    }
+
+    /// The captcha flow's answer for `job`.
+    pub async fn captcha(&self, job: super::captcha::CaptchaJob) -> Response<Full<Bytes>> {
+        let started = job.started;
+        let response = job
+            .answer(self.captcha.as_deref(), self.decider.usage())
+            .await;
+        self.duration.record(started.elapsed().as_secs_f64());
+        response
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -128,19 +155,19 @@ impl Door {
         )
     }
 
-    /// Answers one forward_auth request.
-    pub fn handle<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
+    /// Answers one forward_auth request, or hands a captcha verdict on to the flow.
+    pub fn begin<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Step {
         let started = Instant::now();
         let ip = match self.client_ip(req.headers(), peer) {
             Ok(ip) => ip,
             Err(reason) => {
                 self.no_ip.increment(1);
                 debug!("forward_auth: 400: {reason}");
-                return plain(
+                return Step::Done(plain(
                     StatusCode::BAD_REQUEST,
                     "invalid",
                     format!("cerberus: {reason}\n"),
-                );
+                ));
             }
         };
         let now = clock::now_secs();
@@ -201,8 +228,21 @@ impl Door {
                 }
             }
         };
+        if remediation == bouncer_api::Remediation::Captcha
+            && source != Source::FailClosed
+            && self.captcha.is_some()
+        {
+            return Step::Captcha(Box::new(super::captcha::CaptchaJob::new(
+                ip,
+                req.headers(),
+                origin,
+                scenario,
+                response,
+                started,
+            )));
+        }
         self.duration.record(started.elapsed().as_secs_f64());
-        response
+        Step::Done(response)
     }
 }
 
@@ -330,7 +370,14 @@ pub async fn start(
 ) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
     let door = Arc::new(door);
     let handler = move |req: Request<hyper::body::Incoming>, peer: Option<IpAddr>| {
-        std::future::ready(door.handle(&req, peer))
+        let step = door.begin(&req, peer);
+        let door = door.clone();
+        async move {
+            match step {
+                Step::Done(r) => r,
+                Step::Captcha(job) => door.captcha(*job).await,
+            }
+        }
     };
     super::http::serve(
         "forward_auth",

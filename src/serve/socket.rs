@@ -39,6 +39,7 @@ pub struct SocketSettings {
 pub struct SocketServer {
     listener: std::os::unix::net::UnixListener,
     settings: SocketSettings,
+    captcha: Option<Arc<crate::captcha::Captcha>>,
 }
 
 impl SocketServer {
@@ -57,7 +58,17 @@ impl SocketServer {
         listener
             .set_nonblocking(true)
             .context("socket: cannot make it non-blocking")?;
-        Ok(SocketServer { listener, settings })
+        Ok(SocketServer {
+            listener,
+            settings,
+            captcha: None,
+        })
+    }
+
+    /// Answers the captcha frames with this flow (without one: refuse, as a ban).
+    pub fn with_captcha(mut self, captcha: Option<Arc<crate::captcha::Captcha>>) -> Self {
+        self.captcha = captcha;
+        self
     }
 
     /// Serves on a thread of its own until `shutdown` turns true, then removes the
@@ -93,7 +104,11 @@ impl SocketServer {
         ready: Readiness,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let SocketServer { listener, settings } = self;
+        let SocketServer {
+            listener,
+            settings,
+            captcha,
+        } = self;
         let path = settings.path.clone();
         let listener = match UnixListener::from_std(listener) {
             Ok(l) => l,
@@ -126,6 +141,7 @@ impl SocketServer {
                                 decider: decider.clone(),
                                 ready: ready.clone(),
                                 idle_timeout: settings.idle_timeout,
+                                captcha: captcha.clone(),
                             };
                             let shutdown = shutdown.clone();
                             connections.spawn(async move {
@@ -266,6 +282,17 @@ struct Connection {
     decider: Arc<Decider>,
     ready: Readiness,
     idle_timeout: Duration,
+    captcha: Option<Arc<crate::captcha::Captcha>>,
+}
+
+/// Where [`Connection::answer_all`] stopped.
+enum Step {
+    /// Everything complete is answered; read more.
+    More,
+    /// A malformed frame; its error frame is in the output.
+    Fatal,
+    /// A captcha request, to be answered (asynchronously) before what follows it.
+    Captcha(bouncer_api::captcha::CaptchaRequest),
 }
 
 impl Connection {
@@ -311,7 +338,15 @@ impl Connection {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            let fatal = self.answer_all(&mut input, &mut output, &meters);
+            let mut step = self.answer_all(&mut input, &mut output, &meters);
+            while let Step::Captcha(req) = step {
+                let answer =
+                    super::captcha::socket_answer(&self.decider, self.captcha.as_deref(), &req)
+                        .await;
+                bouncer_api::captcha::encode_captcha_answer(req.id, &answer, &mut output);
+                step = self.answer_all(&mut input, &mut output, &meters);
+            }
+            let fatal = matches!(step, Step::Fatal);
             if !output.is_empty() {
                 // Bounded like the rest: a peer that never reads its answers is dropped.
                 match tokio::time::timeout(self.idle_timeout, stream.write_all(&output)).await {
@@ -328,12 +363,23 @@ impl Connection {
         }
     }
 
-    /// Answers every complete request in `input`; true after a malformed frame (its error
-    /// frame is already in `output`).
-    fn answer_all(&self, input: &mut BytesMut, output: &mut BytesMut, meters: &Meters) -> bool {
+    /// Answers every complete request in `input` up to the first captcha request.
+    fn answer_all(&self, input: &mut BytesMut, output: &mut BytesMut, meters: &Meters) -> Step {
+        use bouncer_api::captcha::{take_captcha_request, Taken};
         let now = clock::now_secs();
         let ready = self.ready.get();
         loop {
+            match take_captcha_request(input) {
+                Taken::Other => {}
+                Taken::Partial => return Step::More,
+                Taken::Message(Ok(req)) => return Step::Captcha(req),
+                Taken::Message(Err(e)) => {
+                    metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
+                    debug!("socket: malformed captcha request ({e}); closing the connection");
+                    encode_response(&e.error_response(), output);
+                    return Step::Fatal;
+                }
+            }
             if let Some(frame) = bouncer_api::report::take_report(input) {
                 match bouncer_api::report::parse_report(&frame) {
                     Ok((id, entries)) => {
@@ -345,7 +391,7 @@ impl Connection {
                         metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
                         debug!("socket: malformed report ({e}); closing the connection");
                         encode_response(&e.error_response(), output);
-                        return true;
+                        return Step::Fatal;
                     }
                 }
             }
@@ -364,12 +410,12 @@ impl Connection {
                 Ok(Some(Request::Ping { id })) => {
                     encode_response(&Response::<&str>::Pong { id }, output)
                 }
-                Ok(None) => return false,
+                Ok(None) => return Step::More,
                 Err(e) => {
                     metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
                     debug!("socket: malformed frame ({e}); closing the connection");
                     encode_response(&e.error_response(), output);
-                    return true;
+                    return Step::Fatal;
                 }
             }
         }
@@ -390,7 +436,7 @@ fn count_reported(
         let label = if e.flags & bouncer_api::Flags::BYPASSED.bits() != 0 {
             super::BYPASSED
         } else {
-            if e.remediation != R::Allow {
+            if e.remediation != R::Allow && !super::counted_by_captcha(e.remediation) {
                 let origin = if e.flags & bouncer_api::Flags::FAIL_CLOSED.bits() != 0 {
                     crate::usage::FAIL_CLOSED_ORIGIN
                 } else {
