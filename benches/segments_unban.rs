@@ -11,7 +11,6 @@
 mod common;
 
 use bouncer_api::segment::{lookup, Segment};
-use cerberus::decision::{Decision, Target};
 use common::{ip, percentile, runtime, size_arg, standalone_config};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -86,23 +85,7 @@ fn main() {
         let seg_dir = config.snapshot_path().expect("segments on by default");
         let app = cerberus::app::start(config).await.unwrap();
         let expires = cerberus::clock::now_secs_precise() + 86_400;
-        let mut batch = Vec::with_capacity(100_000);
-        for i in 0..n as u32 {
-            batch.push(Decision {
-                id: i as i64 + 1,
-                target: Target::from_ip(IpAddr::V4(ip(i))),
-                type_name: "ban".into(),
-                origin: "lists".into(),
-                scenario: "bench".into(),
-                expires_at: expires,
-            });
-            if batch.len() == 100_000 || i as usize + 1 == n {
-                app.control
-                    .insert(std::mem::take(&mut batch))
-                    .await
-                    .unwrap();
-            }
-        }
+        common::insert_bans(&app.control, n, expires).await;
         let mut reader = SetReader {
             dir: seg_dir.clone(),
             files: HashMap::new(),
