@@ -21,24 +21,9 @@ fn main() {
         let config = standalone_config(dir.path());
         let app = cerberus::app::start(config).await.unwrap();
         let expires = cerberus::clock::now_secs_precise() + 86_400;
-        let mut batch = Vec::with_capacity(100_000);
         let started = Instant::now();
-        for i in 0..n as u32 {
-            batch.push(Decision {
-                id: i as i64 + 1,
-                target: Target::from_ip(IpAddr::V4(ip(i))),
-                type_name: "ban".into(),
-                origin: "lists".into(),
-                scenario: "bench".into(),
-                expires_at: expires,
-            });
-            if batch.len() == 100_000 {
-                app.control
-                    .insert(std::mem::take(&mut batch))
-                    .await
-                    .unwrap();
-            }
-        }
+        common::insert_bans(&app.control, n, expires).await;
+        let mut batch = Vec::with_capacity(10_000);
         for r in 0..10_000u32 {
             batch.push(Decision {
                 id: n as i64 + 1 + r as i64,

@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
 # Caddy bouncers compared in one run, same machine, loopback only, bounded in time:
 #   (a) bare Caddy (static respond);
-#   (b) Caddy with the cerberus module (Unix socket to the cerberus daemon);
+#   (b) Caddy with the cerberus module (answers from the daemon's mapped snapshot
+#       segments; the Unix socket only for control and reports);
 #   (c) Caddy with forward_auth to the cerberus daemon;
 #   (d) Caddy with the incumbent hslatman/caddy-crowdsec-bouncer (in process, stream
 #       mode), built from benches/incumbent/ against the same Caddy version.
-# One real LAPI (scripts/crowdsec-lapi.sh) holds N decisions (default 100000, imported
-# with cscli); cerberus and the incumbent each sync from it with a bouncer key of their
-# own. wrk -t2 -c64 measures every setup with the client not banned, then again after
-# `cscli decisions add --ip 127.0.0.1`. Prints a Markdown table: requests/s, p50, p99
-# and the ratio to bare Caddy.
+# One real LAPI (scripts/crowdsec-lapi.sh) holds N decisions (10.x.y.z, imported with
+# cscli); cerberus and the incumbent each sync from it with a bouncer key of their own.
+# wrk -t2 -c64 measures each setup in four cases:
+#   one IP, allowed     wrk's own address (127.0.0.1), not banned;
+#   random IPs, allowed  a random public address per request in X-Forwarded-For (every
+#                        Caddyfile trusts 127.0.0.1 as a proxy), almost none banned;
+#   random IPs, refused  a random banned address (one of the N) per request;
+#   one IP, refused      after `cscli decisions add --ip 127.0.0.1`.
+# Rounds are interleaved (round 1 of every setup, then round 2, ...), so a change of
+# load on the machine hits every setup alike; the table gives the median over rounds
+# and ratios (to bare Caddy in the same case, module/incumbent, refused/allowed).
 #
-# usage: bash benches/caddy_compare.sh [DECISIONS] [SECONDS]
+# usage: bash benches/caddy_compare.sh [DECISIONS]      (default 100000)
+#   ROUND_SECS  seconds per wrk round (default 10)
+#   ROUNDS      rounds per setup and case (default 3)
+# A smoke run: ROUND_SECS=2 ROUNDS=1 bash benches/caddy_compare.sh 1000
+# Keep this interface: the test command's smoke step calls it so.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 N="${1:-100000}"
-SECS="${2:-10}"
+SECS="${ROUND_SECS:-10}"
+ROUNDS="${ROUNDS:-3}"
+[[ $N =~ ^[0-9]+$ && $N -ge 1 ]] || { echo "DECISIONS must be a positive number, not '$N'" >&2; exit 2; }
+[[ $SECS =~ ^[0-9]+$ && $SECS -ge 1 ]] || { echo "ROUND_SECS must be a positive number of seconds, not '$SECS'" >&2; exit 2; }
+[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 ]] || { echo "ROUNDS must be a positive number, not '$ROUNDS'" >&2; exit 2; }
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cerberus-compare.XXXXXX")"
 OUR_CADDY="$ROOT/caddy-module/bin/caddy"
 INC_DIR="$ROOT/benches/incumbent"
@@ -66,6 +81,7 @@ $GLOBAL
 	route {
 		cerberus {
 			socket $WORK/cerberus.sock
+			snapshot_dir $WORK/snapshot
 			timeout 20ms
 			fail open
 		}
@@ -88,6 +104,11 @@ wait_status 100 200 "http://127.0.0.1:$BARE_PORT/" || {
 # (forward_auth gets the synced daemon too, but passes the connection's address on.)
 wait_status 100 403 -H 'X-Forwarded-For: 10.0.0.1' "http://127.0.0.1:$MOD_PORT/" || {
     echo "the cerberus module does not ban 10.0.0.1; log:" >&2
+    tail -20 "$WORK/caddy-ours.log" >&2
+    exit 1
+}
+grep -q "looking up in the daemon's mapped snapshot segments" "$WORK/caddy-ours.log" || {
+    echo "the cerberus module did not map the segments; log:" >&2
     tail -20 "$WORK/caddy-ours.log" >&2
     exit 1
 }
@@ -128,49 +149,132 @@ if [[ $INCUMBENT == 1 ]]; then
 fi
 declare -A LABEL=(
     [bare]="(a) bare Caddy (respond)"
-    [module]="(b) cerberus module (Unix socket)"
+    [module]="(b) cerberus module (segments)"
     [forward_auth]="(c) forward_auth to cerberus"
     [incumbent]="(d) hslatman/caddy-crowdsec-bouncer (stream)"
 )
-declare -A FREE BANNED
+declare -A CASE_LABEL=(
+    [one_allowed]="one IP, allowed"
+    [random_allowed]="random IPs, allowed"
+    [random_refused]="random IPs, refused"
+    [one_refused]="one IP, refused"
+)
+# RESULTS[setup/case] holds one "requests/s|p50|p99|non-2xx" line per round.
+declare -A RESULTS
 
-echo "measuring, client not banned..." >&2
-for i in "${!NAMES[@]}"; do
-    FREE[${NAMES[$i]}]="$(run_wrk "http://127.0.0.1:${PORTS[$i]}/")"
-done
+# wrk's script for the random cases: a random client address per request, sent as
+# X-Forwarded-For. XFF_MODE=banned picks one of the N imported addresses, else a
+# public address outside 10/8 and 127/8.
+cat >"$WORK/xff.lua" <<'LUA'
+local mode = os.getenv("XFF_MODE")
+local n = tonumber(os.getenv("XFF_N"))
+local floor, random = math.floor, math.random
+local counter = 0
+function init(args)
+    counter = counter + 1
+    math.randomseed(os.time() * 1000 + counter + floor(os.clock() * 1e6))
+end
+function request()
+    local ip
+    if mode == "banned" then
+        local i = random(0, n - 1)
+        ip = "10." .. (floor(i / 65536) % 256) .. "." .. (floor(i / 256) % 256) .. "." .. (i % 256)
+    else
+        local a = random(11, 223)
+        if a == 127 then a = 128 end
+        ip = a .. "." .. random(0, 255) .. "." .. random(0, 255) .. "." .. random(1, 254)
+    end
+    return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
+end
+LUA
 
+# One round of case $2 on setup index $1.
+measure() {
+    local i=$1 case=$2 url="http://127.0.0.1:${PORTS[$1]}/" out
+    case $case in
+    random_allowed) out="$(XFF_MODE=allowed XFF_N=$N run_wrk "$url" "$WORK/xff.lua")" ;;
+    random_refused) out="$(XFF_MODE=banned XFF_N=$N run_wrk "$url" "$WORK/xff.lua")" ;;
+    *) out="$(run_wrk "$url")" ;;
+    esac
+    RESULTS[${NAMES[$i]}/$case]+="$out"$'\n'
+}
+
+rounds() {
+    local r case i
+    for r in $(seq "$ROUNDS"); do
+        echo "round $r of $ROUNDS: $*" >&2
+        for case in "$@"; do
+            for i in "${!NAMES[@]}"; do measure "$i" "$case"; done
+        done
+    done
+}
+
+rounds one_allowed random_allowed random_refused
 cscli decisions add --ip 127.0.0.1 --duration 1h --reason bench >/dev/null
-echo "measuring, client banned..." >&2
 for i in "${!NAMES[@]}"; do
     [[ ${NAMES[$i]} == bare ]] && continue
     wait_status 300 403 "http://127.0.0.1:${PORTS[$i]}/" ||
-        echo "warning: ${NAMES[$i]} did not answer 403 within 30 s" >&2
-    BANNED[${NAMES[$i]}]="$(run_wrk "http://127.0.0.1:${PORTS[$i]}/")"
+        echo "warning: ${NAMES[$i]} did not answer 403 to 127.0.0.1 within 30 s" >&2
 done
-
-IFS='|' read -r BARE_RPS _ <<<"${FREE[bare]}"
-row() {
-    local r a b c
-    IFS='|' read -r r a b c <<<"$2"
-    echo "| $1 | $r | $a | $b | $c | $(ratio "$r" "$BARE_RPS") |"
-}
+rounds one_refused
 
 inc_version=""
 if [[ $INCUMBENT == 1 ]]; then
     inc_version=", incumbent $(cd "$INC_DIR" && go list -m -f '{{.Version}}' github.com/hslatman/caddy-crowdsec-bouncer)"
 fi
 echo
-echo "wrk -t2 -c64 -d${SECS}s, loopback, $N decisions in LAPI, Caddy $("$OUR_CADDY" version | awk '{print $1}')${inc_version}, same run:"
+echo "wrk -t2 -c64, $ROUNDS interleaved rounds of ${SECS}s, medians; loopback, $N decisions in LAPI, Caddy $("$OUR_CADDY" version | awk '{print $1}')${inc_version}:"
 echo
-echo "| setup | client | requests/s | p50 | p99 | non-2xx | ratio to bare Caddy |"
-echo "|---|---|---|---|---|---|---|"
-for name in "${NAMES[@]}"; do
-    row "${LABEL[$name]} | not banned" "${FREE[$name]}"
+CASES="one_allowed random_allowed random_refused one_refused"
+DUMP="$WORK/results.txt"
+: >"$DUMP"
+for key in "${!RESULTS[@]}"; do
+    while IFS= read -r line; do
+        [[ -n $line ]] && echo "$key|$line" >>"$DUMP"
+    done <<<"${RESULTS[$key]}"
 done
-for name in "${NAMES[@]}"; do
-    [[ $name == bare ]] && continue
-    row "${LABEL[$name]} | banned (403)" "${BANNED[$name]}"
-done
+LABELS_SETUP="$(for n in "${NAMES[@]}"; do echo "$n=${LABEL[$n]}"; done)"
+LABELS_CASE="$(for c in $CASES; do echo "$c=${CASE_LABEL[$c]}"; done)"
+python3 - "$DUMP" "$LABELS_SETUP" "$LABELS_CASE" <<'PY'
+import statistics, sys
+setups = [l.split("=", 1) for l in sys.argv[2].splitlines()]
+cases = [l.split("=", 1) for l in sys.argv[3].splitlines()]
+rows = {}
+for line in open(sys.argv[1]):
+    key, rps, p50, p99, non2xx = line.strip().split("|")
+    rows.setdefault(key, []).append((float(rps), p50, p99, int(non2xx)))
+
+def ms(v):  # wrk prints 1.23ms / 456.78us / 1.02s
+    for unit, f in (("ms", 1.0), ("us", 0.001), ("s", 1000.0)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * f
+    return float("nan")
+
+med = {k: statistics.median(r[0] for r in v) for k, v in rows.items()}
+print("| setup | case | requests/s (median) | rounds (requests/s) | p99 (median) | non-2xx (all rounds) | ratio to bare Caddy |")
+print("|---|---|---|---|---|---|---|")
+for c, clabel in cases:
+    for s, slabel in setups:
+        v = rows.get(f"{s}/{c}")
+        if not v:
+            continue
+        bare = med.get(f"bare/{c}")
+        ratio = f"{med[f'{s}/{c}'] / bare:.2f}" if bare else "-"
+        each = ", ".join(f"{r[0]:,.0f}" for r in v)
+        p99 = statistics.median(ms(r[2]) for r in v)
+        print(f"| {slabel} | {clabel} | {med[f'{s}/{c}']:,.0f} | {each} | {p99:.2f} ms | {sum(r[3] for r in v):,} | {ratio} |")
+print()
+print("| ratio (medians) | one IP | random IPs |")
+print("|---|---|---|")
+def r(a, b):
+    return f"{med[a] / med[b]:.2f}" if a in med and b in med else "-"
+print(f"| module / bare Caddy, allowed | {r('module/one_allowed', 'bare/one_allowed')} | {r('module/random_allowed', 'bare/random_allowed')} |")
+print(f"| module / incumbent, allowed | {r('module/one_allowed', 'incumbent/one_allowed')} | {r('module/random_allowed', 'incumbent/random_allowed')} |")
+print(f"| module / incumbent, refused | {r('module/one_refused', 'incumbent/one_refused')} | {r('module/random_refused', 'incumbent/random_refused')} |")
+print(f"| module refused / module allowed | {r('module/one_refused', 'module/one_allowed')} | {r('module/random_refused', 'module/random_allowed')} |")
+print(f"| incumbent refused / incumbent allowed | {r('incumbent/one_refused', 'incumbent/one_allowed')} | {r('incumbent/random_refused', 'incumbent/random_allowed')} |")
+print(f"| forward_auth / bare Caddy, allowed | {r('forward_auth/one_allowed', 'bare/one_allowed')} | {r('forward_auth/random_allowed', 'bare/random_allowed')} |")
+PY
 if [[ $INCUMBENT == 0 ]]; then
     echo
     echo "(d) hslatman/caddy-crowdsec-bouncer: skipped (see the messages above)."

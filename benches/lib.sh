@@ -18,10 +18,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 cscli() { bash "$ROOT/scripts/crowdsec-lapi.sh" cscli "$WORK/lapi" "$@"; }
 
-# wrk -t2 -c64 for SECS on URL; prints "requests/s|p50|p99|non-2xx".
+# wrk -t2 -c64 for SECS on URL ($1), with the Lua script $2 if given; prints
+# "requests/s|p50|p99|non-2xx".
 run_wrk() {
     local out rps p50 p99 non2xx
-    out="$(wrk -t2 -c64 -d"${SECS}s" --latency "$1")"
+    out="$(wrk -t2 -c64 -d"${SECS}s" --latency ${2:+-s "$2"} "$1")"
     rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
     p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
     p99="$(awk '$1=="99%" {print $2}' <<<"$out")"

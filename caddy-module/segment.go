@@ -68,7 +68,14 @@ type segment struct {
 	// time; without it the search over thousands of ranges dominated the lookup).
 	r4idx   []uint32
 	r4shift uint32
+	// rtop4 and rtop6 are the strongest (rank, expires) of any verdict of any IPv4 or
+	// IPv6 interval, packed by rankKey: an exact answer at least that strong decides
+	// without the range search (a range only wins when it ranks strictly higher).
+	rtop4, rtop6 uint64
 }
+
+// rankKey packs (rank, expires) so that comparing keys compares the pairs.
+func rankKey(rank uint8, expires uint32) uint64 { return uint64(rank)<<32 | uint64(expires) }
 
 func rankOf(r Remediation) uint8 {
 	switch r {
@@ -120,7 +127,6 @@ func parseSegment(buf []byte) (*segment, error) {
 	s.v4, s.v6, s.r4, s.r6, s.verdicts = sec[secV4], sec[secV6], sec[secR4], sec[secR6], sec[secVerdicts]
 	s.mask4 = uint64(len(s.v4)/8) - 1
 	s.mask6 = uint64(len(s.v6)/24) - 1
-	s.indexRanges4()
 	strs := sec[secStrings]
 	metas := sec[secMetas]
 	s.metas = make([]segMeta, len(metas)/16)
@@ -140,7 +146,34 @@ func parseSegment(buf []byte) (*segment, error) {
 			typ:      strings.ToValidUTF8(string(strs[start+olen+slen:end]), "\uFFFD"),
 		}
 	}
+	s.indexRanges4()
+	s.rtop4 = s.strongest(s.r4, 16, 8)
+	s.rtop6 = s.strongest(s.r6, 40, 32)
 	return s, nil
+}
+
+// strongest is the highest rankKey over every verdict of every interval in r (records
+// of size rec, val at offset at).
+func (s *segment) strongest(r []byte, rec, at int) uint64 {
+	top := uint64(0)
+	nv := len(s.verdicts) / 8
+	for off := 0; off+rec <= len(r); off += rec {
+		val := le.Uint32(r[off+at:])
+		if val == segEmpty || val == segTombstone {
+			continue
+		}
+		for i := int(val - 1); i < nv; i++ {
+			v := le.Uint64(s.verdicts[i*8:])
+			exp, m := uint32(v), uint32(v>>32)
+			if int(m&^segMore) < len(s.metas) {
+				top = max(top, rankKey(s.metas[m&^segMore].rank, exp))
+			}
+			if m&segMore == 0 {
+				break
+			}
+		}
+	}
+	return top
 }
 
 func fmix64(k uint64) uint64 {
@@ -157,17 +190,18 @@ func (s *segment) exact4(key uint32) (val uint32, found bool) {
 	if len(s.v4) == 0 {
 		return 0, false
 	}
-	i := fmix64(uint64(key)^s.seed) & s.mask4
-	for n := uint64(0); n <= s.mask4; n++ {
-		slot := s.v4[i*8 : i*8+8]
-		v := le.Uint32(slot[4:])
+	v4, mask := s.v4, s.mask4
+	i := fmix64(uint64(key)^s.seed) & mask
+	for n := uint64(0); n <= mask; n++ {
+		slot := le.Uint64(v4[i*8:]) // key in the low half, val in the high half
+		v := uint32(slot >> 32)
 		if v == segEmpty {
 			return 0, false
 		}
-		if le.Uint32(slot) == key {
+		if uint32(slot) == key {
 			return v, true
 		}
-		i = (i + 1) & s.mask4
+		i = (i + 1) & mask
 	}
 	return 0, false
 }
@@ -266,9 +300,10 @@ func (s *segment) firstLive(val uint32, now uint32) (expires uint32, meta uint32
 	if val == segEmpty || val == segTombstone {
 		return 0, 0, false
 	}
-	for i := int(val - 1); i < len(s.verdicts)/8; i++ {
-		v := s.verdicts[i*8 : i*8+8]
-		exp, m := le.Uint32(v), le.Uint32(v[4:])
+	verdicts := s.verdicts
+	for i := int(val - 1); i < len(verdicts)/8; i++ {
+		v := le.Uint64(verdicts[i*8:])
+		exp, m := uint32(v), uint32(v>>32)
 		if exp > now {
 			if int(m&^segMore) >= len(s.metas) {
 				return 0, 0, false
@@ -289,7 +324,7 @@ type hit struct {
 	meta    uint32
 }
 
-func (h hit) rank() (uint8, uint32) { return h.seg.metas[h.meta].rank, h.expires }
+func (h hit) key() uint64 { return rankKey(h.seg.metas[h.meta].rank, h.expires) }
 
 // segLookup answers for addr at unix second now from base and overlay (nil: none),
 // as SNAPSHOT.md section 6 says. addr is already unmapped (IPv4 as IPv4).
@@ -326,8 +361,10 @@ func segLookup(base, overlay *segment, addr netip.Addr, now uint32) Answer {
 		}
 		ex.seg = seg
 		ex.expires, ex.meta, exOK = seg.firstLive(val, now)
-		rg.seg = ranges
-		rg.expires, rg.meta, rgOK = ranges.firstLive(ranges.range4(key), now)
+		if !exOK || ex.key() < ranges.rtop4 {
+			rg.seg = ranges
+			rg.expires, rg.meta, rgOK = ranges.firstLive(ranges.range4(key), now)
+		}
 	} else {
 		b := addr.As16()
 		hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
@@ -341,15 +378,15 @@ func segLookup(base, overlay *segment, addr netip.Addr, now uint32) Answer {
 		}
 		ex.seg = seg
 		ex.expires, ex.meta, exOK = seg.firstLive(val, now)
-		rg.seg = ranges
-		rg.expires, rg.meta, rgOK = ranges.firstLive(ranges.range6(hi, lo), now)
+		if !exOK || ex.key() < ranges.rtop6 {
+			rg.seg = ranges
+			rg.expires, rg.meta, rgOK = ranges.firstLive(ranges.range6(hi, lo), now)
+		}
 	}
 	best := ex
 	switch {
 	case exOK && rgOK:
-		er, ee := ex.rank()
-		rr, re := rg.rank()
-		if rr > er || rr == er && re > ee {
+		if rg.key() > ex.key() {
 			best = rg
 		}
 	case rgOK:

@@ -84,6 +84,18 @@ func TestSegmentVectors(t *testing.T) {
 	}
 }
 
+// The Go half of bouncer-api/tests/segment_property.rs: that test writes random decision
+// sets with the Rust writer and the Rust lookup's answers into a directory in the form
+// of the shared vectors, and runs this test on it. Skipped when run alone.
+func TestSegmentCasesFromEnv(t *testing.T) {
+	dir := os.Getenv("CERBERUS_SEGMENT_CASES_DIR")
+	if dir == "" {
+		t.Skip("CERBERUS_SEGMENT_CASES_DIR not set (bouncer-api's segment_property test sets it)")
+	}
+	n := checkSegmentCases(t, dir)
+	t.Logf("checked %d answers", n)
+}
+
 // Damaged files are refused with a reason, never read out of bounds.
 func TestSegmentDamaged(t *testing.T) {
 	good, err := os.ReadFile("../bouncer-api/testdata/segments/base.seg")

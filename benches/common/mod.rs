@@ -43,3 +43,24 @@ pub fn ip(i: u32) -> Ipv4Addr {
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// Inserts `n` single-IP bans (`ip(0)` to `ip(n - 1)`, ids 1 to n, origin `lists`) that
+/// expire at `expires`, in batches of 100,000.
+#[allow(dead_code)] // not every benchmark starts from plain bans
+pub async fn insert_bans(control: &cerberus::control::Control, n: usize, expires: u32) {
+    use cerberus::decision::{Decision, Target};
+    let mut batch = Vec::with_capacity(100_000);
+    for i in 0..n as u32 {
+        batch.push(Decision {
+            id: i as i64 + 1,
+            target: Target::from_ip(std::net::IpAddr::V4(ip(i))),
+            type_name: "ban".into(),
+            origin: "lists".into(),
+            scenario: "bench".into(),
+            expires_at: expires,
+        });
+        if batch.len() == 100_000 || i as usize + 1 == n {
+            control.insert(std::mem::take(&mut batch)).await.unwrap();
+        }
+    }
+}

@@ -4,47 +4,16 @@
 //! to be the same; `CERBERUS_UPDATE_SEGMENTS=1 cargo test -p bouncer-api --test
 //! segment_vectors` rewrites them. The Go reader's tests read the same files.
 
-use bouncer_api::segment::{lookup, Builder, Outage, Segment, Verdict, KIND_BASE, KIND_OVERLAY};
+mod segment_cases;
+
+use bouncer_api::segment::{Builder, Outage, KIND_BASE, KIND_OVERLAY};
 use bouncer_api::Remediation;
-use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use segment_cases::{self as cases, answers, fill, fill_ranges, probes, Dec, Rng, REMS};
+use serde_json::json;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 const NOW: u32 = 1_800_000_000;
-
-/// A small deterministic generator (xorshift64*), so the vectors never change by accident.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-#[derive(Clone)]
-struct Dec {
-    v6: bool,
-    first: u128,
-    last: u128,
-    exact: bool,
-    rem: Remediation,
-    expires: u32,
-    origin: String,
-    scenario: String,
-}
-
-const REMS: [Remediation; 4] = [
-    Remediation::Ban,
-    Remediation::Captcha,
-    Remediation::Throttle,
-    Remediation::Other,
-];
 
 fn v4(s: &str) -> u128 {
     u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()))
@@ -53,19 +22,12 @@ fn v6(s: &str) -> u128 {
     u128::from(s.parse::<Ipv6Addr>().unwrap())
 }
 
+/// An exact decision that expires `ttl` seconds after `NOW`.
 fn exact(v6: bool, a: u128, rem: Remediation, ttl: i64, origin: &str, scenario: &str) -> Dec {
-    Dec {
-        v6,
-        first: a,
-        last: a,
-        exact: true,
-        rem,
-        expires: (NOW as i64 + ttl) as u32,
-        origin: origin.into(),
-        scenario: scenario.into(),
-    }
+    cases::exact(v6, a, rem, (NOW as i64 + ttl) as u32, origin, scenario)
 }
 
+/// A range decision that expires `ttl` seconds after `NOW`.
 fn range(
     v6: bool,
     a: u128,
@@ -75,18 +37,15 @@ fn range(
     origin: &str,
     scenario: &str,
 ) -> Dec {
-    let bits = if v6 { 128 } else { 32 } - prefix;
-    let span = if bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    };
-    Dec {
-        first: a & !span,
-        last: (a & !span) | span,
-        exact: false,
-        ..exact(v6, a, rem, ttl, origin, scenario)
-    }
+    cases::range(
+        v6,
+        a,
+        prefix,
+        rem,
+        (NOW as i64 + ttl) as u32,
+        origin,
+        scenario,
+    )
 }
 
 /// Hand-picked cases, then random ones in small address blocks (so they collide and nest).
@@ -221,111 +180,6 @@ fn decisions() -> Vec<Dec> {
     d
 }
 
-fn verdict(b: &mut Builder, d: &Dec) -> Verdict {
-    let meta = b.meta(d.rem, d.rem.as_str(), &d.origin, &d.scenario);
-    Verdict {
-        expires: d.expires,
-        meta,
-    }
-}
-
-/// Puts every exact key of `set` (and a tombstone for each of `gone`) and, when asked,
-/// every range.
-fn fill(b: &mut Builder, set: &[Dec], gone: &[(bool, u128)], ranges: bool) {
-    let mut keys: Vec<(bool, u128)> = set
-        .iter()
-        .filter(|d| d.exact)
-        .map(|d| (d.v6, d.first))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
-        let list: Vec<Verdict> = set
-            .iter()
-            .filter(|d| d.exact && (d.v6, d.first) == k)
-            .cloned()
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|d| verdict(b, d))
-            .collect();
-        put(b, k, &list);
-    }
-    for &k in gone {
-        put(b, k, &[]);
-    }
-    if ranges {
-        for d in set.iter().filter(|d| !d.exact) {
-            let v = verdict(b, d);
-            if d.v6 {
-                b.range6(d.first, d.last, v)
-            } else {
-                b.range4(d.first as u32, d.last as u32, v)
-            }
-        }
-    }
-}
-
-fn put(b: &mut Builder, k: (bool, u128), list: &[Verdict]) {
-    if k.0 {
-        b.exact6(k.1, list)
-    } else {
-        b.exact4(k.1 as u32, list)
-    }
-}
-
-fn ip_of(v6: bool, a: u128) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(a))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(a as u32))
-    }
-}
-
-/// Addresses to ask: each decision's edges and neighbours, mapped forms, strangers.
-fn probes(set: &[Dec]) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for d in set {
-        for a in [
-            d.first.wrapping_sub(1),
-            d.first,
-            d.last,
-            d.last.wrapping_add(1),
-        ] {
-            let a = if d.v6 { a } else { a & 0xffff_ffff };
-            out.push(ip_of(d.v6, a));
-        }
-    }
-    for s in [
-        "::ffff:192.0.2.1",
-        "::ffff:198.51.100.129",
-        "::",
-        "::1",
-        "255.255.255.255",
-        "0.0.0.0",
-        "2001:db8:1:2:3::9",
-    ] {
-        out.push(s.parse().unwrap());
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn answers(base: &[u8], overlay: Option<&[u8]>, probes: &[IpAddr]) -> Value {
-    let b = Segment::parse(base).unwrap();
-    let o = overlay.map(|o| Segment::parse(o).unwrap());
-    let list: Vec<Value> = probes
-        .iter()
-        .map(|ip| {
-            let a = lookup(&b, o.as_ref(), *ip, NOW);
-            json!({"ip": ip.to_string(), "remediation": a.remediation.as_str(), "bypassed": a.bypassed,
-                   "fail_closed": a.fail_closed, "expires_in_s": a.expires_in_s, "origin": a.origin,
-                   "scenario": a.scenario, "type": a.type_name})
-        })
-        .collect();
-    Value::Array(list)
-}
-
 #[test]
 fn segment_vectors_match_the_reference_writer() {
     let all = decisions();
@@ -374,14 +228,7 @@ fn segment_vectors_match_the_reference_writer() {
         let mut o = Builder::new(KIND_OVERLAY, generation, 10);
         fill(&mut o, &changed, &gone, false);
         o.carry_ranges();
-        for d in now_set.iter().filter(|d| !d.exact) {
-            let v = verdict(&mut o, d);
-            if d.v6 {
-                o.range6(d.first, d.last, v)
-            } else {
-                o.range4(d.first as u32, d.last as u32, v)
-            }
-        }
+        fill_ranges(&mut o, &now_set);
         o.set_state(disabled, outage);
         o.finish(0xfeed_f00d ^ generation)
     };
@@ -396,10 +243,10 @@ fn segment_vectors_match_the_reference_writer() {
     let expected = json!({
         "now": NOW,
         "cases": [
-            {"name": "base only", "base": "base.seg", "overlay": null, "answers": answers(&base, None, &probe)},
-            {"name": "base and overlay", "base": "base.seg", "overlay": "overlay.seg", "answers": answers(&base, Some(&overlay), &probe)},
-            {"name": "protection disabled", "base": "base.seg", "overlay": "overlay-disabled.seg", "answers": answers(&base, Some(&disabled), &probe)},
-            {"name": "LAPI stale, fail closed", "base": "base.seg", "overlay": "overlay-closed.seg", "answers": answers(&base, Some(&closed), &probe)},
+            {"name": "base only", "base": "base.seg", "overlay": null, "answers": answers(&base, None, &probe, NOW)},
+            {"name": "base and overlay", "base": "base.seg", "overlay": "overlay.seg", "answers": answers(&base, Some(&overlay), &probe, NOW)},
+            {"name": "protection disabled", "base": "base.seg", "overlay": "overlay-disabled.seg", "answers": answers(&base, Some(&disabled), &probe, NOW)},
+            {"name": "LAPI stale, fail closed", "base": "base.seg", "overlay": "overlay-closed.seg", "answers": answers(&base, Some(&closed), &probe, NOW)},
         ]
     });
     let mut text = serde_json::to_string(&expected).unwrap();

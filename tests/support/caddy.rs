@@ -22,13 +22,14 @@ impl Caddy {
     /// Runs `binary` on `caddyfile` (global options `admin off` and `auto_https off` are
     /// prepended).
     pub fn start(binary: &str, caddyfile: &str) -> Caddy {
+        Caddy::start_with_global(binary, "admin off\n\tauto_https off", caddyfile)
+    }
+
+    /// Runs `binary` on `caddyfile` with the given global options block content.
+    pub fn start_with_global(binary: &str, global: &str, caddyfile: &str) -> Caddy {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("Caddyfile");
-        std::fs::write(
-            &file,
-            format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{caddyfile}"),
-        )
-        .unwrap();
+        std::fs::write(&file, format!("{{\n\t{global}\n}}\n\n{caddyfile}")).unwrap();
         let log = std::fs::File::create(dir.path().join("caddy.log")).unwrap();
         let child = Command::new(binary)
             .args(["run", "--config"])
@@ -42,6 +43,10 @@ impl Caddy {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
         Caddy { child, dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {
