@@ -219,6 +219,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_connections: config.socket_max_connections,
             idle_timeout: config.socket_idle_timeout,
         })?;
+        let appsec = crate::appsec::Appsec::from_config(&config.appsec, config.api_key.clone())?;
+        if let Some(a) = &appsec {
+            info!("AppSec: every request the IP check allows is inspected by {}", a.url());
+        }
+        let server = server.with_appsec(appsec.clone());
         threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
         if let Some(dir) = config.snapshot_path() {
             let settings = crate::serve::segments::SegmentSettings::new(dir, &config.socket);
@@ -233,7 +238,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         let socket_addr = format!("unix:{}", config.socket.display());
         info!("listening for Caddy module lookups on {socket_addr}");
-        let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?;
+        let door =
+            forward_auth::Door::new(&config, decider.clone(), ready.clone())?.with_appsec(appsec);
         let fa = forward_auth::start(&config, door, shutdown_rx.clone()).await?;
         let token = admin::token(&config)?;
         let mut state = Admin::new(

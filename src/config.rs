@@ -2,12 +2,14 @@
 //! settable as `CERBERUS_<KEY>`, checked as a whole so that `cerberus check` lists every
 //! problem at once, each naming its key.
 
+mod appsec;
 mod build;
 mod reader;
 mod secrets;
 #[cfg(test)]
 mod tests;
 
+pub use appsec::{AppsecConfig, AppsecFail};
 pub use reader::parse_size;
 use reader::Reader;
 pub use secrets::MIN_ADMIN_TOKEN_LEN;
@@ -85,6 +87,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("console_engine_config", Kind::Str),
     ("console_cscli_bin", Kind::Str),
     ("heartbeat_interval", Kind::Str),
+    ("appsec_url", Kind::Str),
+    ("appsec_timeout", Kind::Str),
+    ("appsec_fail", Kind::Str),
+    ("appsec_max_body", Kind::Str),
 ];
 
 /// Nested sections: `engine: {enabled: true}` is read as the key `engine.enabled`, and
@@ -294,6 +300,8 @@ pub struct Config {
     /// The files secrets were read from, by key (`api_key_file`, ...), for
     /// [`Config::exposed_secret_files`].
     pub secret_files: Vec<(String, PathBuf)>,
+    /// CrowdSec's AppSec component (off by default; see [`crate::appsec`]).
+    pub appsec: AppsecConfig,
 }
 
 impl Default for Config {
@@ -347,6 +355,7 @@ impl Default for Config {
             console_cscli_bin: PathBuf::from("cscli"),
             heartbeat_interval: Duration::from_secs(5 * 60),
             secret_files: Vec::new(),
+            appsec: AppsecConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   the HTTP endpoint for Caddy's `forward_auth`, and the snapshot segments the Caddy
 //!   module maps (`serve::segments`, layout in `bouncer-api/SNAPSHOT.md`).
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
+//! - [`appsec`]: CrowdSec's AppSec component (WAF), asked by both doors after an allow.
 //! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
 //! - [`web`]: the web console on the admin listener at `/`; its pages call [`admin`]'s
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod appsec;
 pub mod cli;
 pub mod clock;
 pub mod config;

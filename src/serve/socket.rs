@@ -5,15 +5,19 @@
 //! Per connection: read what is there, decode every complete request, answer each one
 //! into one output buffer (strings borrowed from the snapshot, no allocation), write the
 //! whole batch at once. A malformed frame gets its error frame after the answers to the
-//! earlier requests, then the connection closes.
+//! earlier requests, then the connection closes. An AppSec request (`0x05`) is answered
+//! in order too: the connection waits for AppSec before it reads further frames (the
+//! module sends one at a time per connection; other connections go on meanwhile).
 
 use super::{count_lookup, lookup_answer, Readiness, REMEDIATION_LABELS};
 use crate::clock;
 use crate::metrics as names;
 use crate::store::Decider;
 use anyhow::{bail, Context};
+use crate::appsec::Appsec;
 use bouncer_api::{
-    decode_request, encode_lookup_answer, encode_response, ErrorCode, Request, Response,
+    decode_request, encode_lookup_answer, encode_response, ErrorCode, FrameError, Request,
+    Response,
 };
 use bytes::BytesMut;
 use std::io::ErrorKind;
@@ -39,6 +43,7 @@ pub struct SocketSettings {
 pub struct SocketServer {
     listener: std::os::unix::net::UnixListener,
     settings: SocketSettings,
+    appsec: Option<Arc<Appsec>>,
 }
 
 impl SocketServer {
@@ -57,7 +62,17 @@ impl SocketServer {
         listener
             .set_nonblocking(true)
             .context("socket: cannot make it non-blocking")?;
-        Ok(SocketServer { listener, settings })
+        Ok(SocketServer {
+            listener,
+            settings,
+            appsec: None,
+        })
+    }
+
+    /// Answers AppSec frames (`0x05`) with `appsec`; without it they get `bad_kind`.
+    pub fn with_appsec(mut self, appsec: Option<Arc<Appsec>>) -> SocketServer {
+        self.appsec = appsec;
+        self
     }
 
     /// Serves on a thread of its own until `shutdown` turns true, then removes the
@@ -93,7 +108,11 @@ impl SocketServer {
         ready: Readiness,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let SocketServer { listener, settings } = self;
+        let SocketServer {
+            listener,
+            settings,
+            appsec,
+        } = self;
         let path = settings.path.clone();
         let listener = match UnixListener::from_std(listener) {
             Ok(l) => l,
@@ -126,6 +145,7 @@ impl SocketServer {
                                 decider: decider.clone(),
                                 ready: ready.clone(),
                                 idle_timeout: settings.idle_timeout,
+                                appsec: appsec.clone(),
                             };
                             let shutdown = shutdown.clone();
                             connections.spawn(async move {
@@ -266,6 +286,17 @@ struct Connection {
     decider: Arc<Decider>,
     ready: Readiness,
     idle_timeout: Duration,
+    appsec: Option<Arc<Appsec>>,
+}
+
+/// What [`Connection::answer_all`] stopped at.
+enum Stop {
+    /// Every complete request is answered.
+    NeedMore,
+    /// A malformed frame (its error frame is in the output).
+    Fatal,
+    /// An AppSec request: answered (asynchronously) before anything after it.
+    Appsec(BytesMut),
 }
 
 impl Connection {
@@ -311,7 +342,25 @@ impl Connection {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            let fatal = self.answer_all(&mut input, &mut output, &meters);
+            let mut fatal = false;
+            loop {
+                match self.answer_all(&mut input, &mut output, &meters) {
+                    Stop::NeedMore => break,
+                    Stop::Fatal => {
+                        fatal = true;
+                        break;
+                    }
+                    Stop::Appsec(frame) => {
+                        if let Err(e) = self.inspect(&frame, &mut output).await {
+                            metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
+                            debug!("socket: malformed AppSec frame ({e}); closing the connection");
+                            encode_response(&e.error_response(), &mut output);
+                            fatal = true;
+                            break;
+                        }
+                    }
+                }
+            }
             if !output.is_empty() {
                 // Bounded like the rest: a peer that never reads its answers is dropped.
                 match tokio::time::timeout(self.idle_timeout, stream.write_all(&output)).await {
@@ -328,12 +377,73 @@ impl Connection {
         }
     }
 
-    /// Answers every complete request in `input`; true after a malformed frame (its error
-    /// frame is already in `output`).
-    fn answer_all(&self, input: &mut BytesMut, output: &mut BytesMut, meters: &Meters) -> bool {
+    /// Asks AppSec about one request frame and appends the answer.
+    async fn inspect(&self, frame: &[u8], output: &mut BytesMut) -> Result<(), FrameError> {
+        let req = bouncer_api::appsec::parse_request(frame)?;
+        let Some(appsec) = &self.appsec else {
+            // AppSec is off here: say so as for any unknown kind, on this request only.
+            encode_response(
+                &Response::Error {
+                    id: req.id,
+                    code: ErrorCode::Internal,
+                    message: "appsec is off in this daemon (appsec_url unset)",
+                },
+                output,
+            );
+            return Ok(());
+        };
+        let id = req.id;
+        let outcome = appsec
+            .inspect(
+                crate::appsec::Door::Socket,
+                crate::appsec::Inspection {
+                    ip: crate::decision::normalize_ip(req.ip),
+                    method: req.method,
+                    uri: req.uri,
+                    host: req.host,
+                    http_version: req.http_version,
+                    headers: req.headers,
+                    body: bytes::Bytes::copy_from_slice(req.body),
+                    truncated: req.truncated,
+                },
+                self.decider.usage(),
+            )
+            .await;
+        use crate::appsec::Outcome as O;
+        use bouncer_api::appsec::Reason;
+        let reason = match outcome {
+            O::Allow | O::Ban | O::Captcha => Reason::Verdict,
+            O::FailedOpen | O::FailedClosed => Reason::Failed,
+            O::BodyRefused => Reason::BodyTooLarge,
+        };
+        bouncer_api::appsec::encode_answer(
+            &bouncer_api::appsec::AppsecAnswer {
+                id,
+                remediation: outcome.remediation(),
+                reason,
+            },
+            output,
+        );
+        Ok(())
+    }
+
+    /// Answers every complete request in `input` up to the first AppSec request.
+    fn answer_all(&self, input: &mut BytesMut, output: &mut BytesMut, meters: &Meters) -> Stop {
         let now = clock::now_secs();
         let ready = self.ready.get();
         loop {
+            if bouncer_api::appsec::starts_request(input) {
+                return match bouncer_api::appsec::take_request(input) {
+                    Ok(Some(frame)) => Stop::Appsec(frame),
+                    Ok(None) => Stop::NeedMore,
+                    Err(e) => {
+                        metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
+                        debug!("socket: malformed AppSec frame ({e}); closing the connection");
+                        encode_response(&e.error_response(), output);
+                        Stop::Fatal
+                    }
+                };
+            }
             if let Some(frame) = bouncer_api::report::take_report(input) {
                 match bouncer_api::report::parse_report(&frame) {
                     Ok((id, entries)) => {
@@ -345,7 +455,7 @@ impl Connection {
                         metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
                         debug!("socket: malformed report ({e}); closing the connection");
                         encode_response(&e.error_response(), output);
-                        return true;
+                        return Stop::Fatal;
                     }
                 }
             }
@@ -364,12 +474,12 @@ impl Connection {
                 Ok(Some(Request::Ping { id })) => {
                     encode_response(&Response::<&str>::Pong { id }, output)
                 }
-                Ok(None) => return false,
+                Ok(None) => return Stop::NeedMore,
                 Err(e) => {
                     metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
                     debug!("socket: malformed frame ({e}); closing the connection");
                     encode_response(&e.error_response(), output);
-                    return true;
+                    return Stop::Fatal;
                 }
             }
         }
