@@ -47,6 +47,9 @@ pub enum Reason {
     Failed = 1,
     /// The body was over the limit and `appsec_fail` is `closed`.
     BodyTooLarge = 2,
+    /// AppSec is off in this daemon (no `appsec_url`): allow, and clients MAY stop
+    /// asking for a while.
+    Off = 3,
 }
 
 /// The answer (`0x85`): `remediation` allow, ban or captcha.
@@ -240,6 +243,7 @@ pub fn parse_answer(frame: &[u8]) -> Option<AppsecAnswer> {
         0 => Reason::Verdict,
         1 => Reason::Failed,
         2 => Reason::BodyTooLarge,
+        3 => Reason::Off,
         _ => return None,
     };
     Some(AppsecAnswer {

@@ -381,18 +381,24 @@ impl Connection {
     async fn inspect(&self, frame: &[u8], output: &mut BytesMut) -> Result<(), FrameError> {
         let req = bouncer_api::appsec::parse_request(frame)?;
         let Some(appsec) = &self.appsec else {
-            // AppSec is off here: say so as for any unknown kind, on this request only.
-            encode_response(
-                &Response::Error {
+            bouncer_api::appsec::encode_answer(
+                &bouncer_api::appsec::AppsecAnswer {
                     id: req.id,
-                    code: ErrorCode::Internal,
-                    message: "appsec is off in this daemon (appsec_url unset)",
+                    remediation: bouncer_api::Remediation::Allow,
+                    reason: bouncer_api::appsec::Reason::Off,
                 },
                 output,
             );
             return Ok(());
         };
         let id = req.id;
+        // The module cuts at its own limit; this daemon's may be lower.
+        let limit = usize::try_from(appsec.max_body()).unwrap_or(usize::MAX);
+        let (body, truncated) = if req.body.len() > limit {
+            (&req.body[..limit], true)
+        } else {
+            (req.body, req.truncated)
+        };
         let outcome = appsec
             .inspect(
                 crate::appsec::Door::Socket,
@@ -403,8 +409,8 @@ impl Connection {
                     host: req.host,
                     http_version: req.http_version,
                     headers: req.headers,
-                    body: bytes::Bytes::copy_from_slice(req.body),
-                    truncated: req.truncated,
+                    body: bytes::Bytes::copy_from_slice(body),
+                    truncated,
                 },
                 self.decider.usage(),
             )
