@@ -221,7 +221,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })?;
         let appsec = crate::appsec::Appsec::from_config(&config.appsec, config.api_key.clone())?;
         if let Some(a) = &appsec {
-            info!("AppSec: every request the IP check allows is inspected by {}", a.url());
+            info!(
+                "AppSec: every request the IP check allows is inspected by {}",
+                a.url()
+            );
         }
         let server = server.with_appsec(appsec.clone());
         threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
@@ -238,8 +241,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         let socket_addr = format!("unix:{}", config.socket.display());
         info!("listening for Caddy module lookups on {socket_addr}");
-        let door =
-            forward_auth::Door::new(&config, decider.clone(), ready.clone())?.with_appsec(appsec);
+        let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?
+            .with_appsec(appsec.clone());
         let fa = forward_auth::start(&config, door, shutdown_rx.clone()).await?;
         let token = admin::token(&config)?;
         let mut state = Admin::new(
@@ -253,6 +256,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             upstream_rx.clone(),
         )?;
         state.socket_addr = Some(socket_addr.clone());
+        state.appsec = appsec.clone();
         if let Some(e) = &engine {
             state.hub = Some(hub_for(&config, e)?);
         }

@@ -71,7 +71,14 @@ async fn forward_auth_through_debian_caddy_refuses_env_and_serves_root() {
     let port = free_port();
     let _caddy = forward_auth_caddy(port, app.forward_auth_addr.as_deref().unwrap());
     let base = format!("http://127.0.0.1:{port}");
-    wait_status("Caddy to serve /", "127.0.0.6", &format!("{base}/"), 200, 30).await;
+    wait_status(
+        "Caddy to serve /",
+        "127.0.0.6",
+        &format!("{base}/"),
+        200,
+        30,
+    )
+    .await;
     let client = client_from("127.0.0.6");
     let r = client.get(format!("{base}/.env")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 403, "GET /.env through forward_auth");
@@ -90,7 +97,9 @@ async fn forward_auth_through_debian_caddy_refuses_env_and_serves_root() {
         usage
             .dropped
             .iter()
-            .any(|((origin, remediation), n)| origin == "appsec" && remediation == "ban" && *n >= 1),
+            .any(|((origin, remediation), n)| origin == "appsec"
+                && remediation == "ban"
+                && *n >= 1),
         "usage metrics count the refusal with origin appsec: {:?}",
         usage.dropped
     );
@@ -145,11 +154,19 @@ async fn appsec_stopped_fails_open_or_closed_as_configured() {
     // for the refusal, in the usage metrics with origin appsec.
     if let Some(m) = cerberus::metrics::render() {
         assert!(
-            metric(&m, "cerberus_appsec_inspections_total", "outcome=\"failed_open\"") >= 1.0,
+            metric(
+                &m,
+                "cerberus_appsec_inspections_total",
+                "outcome=\"failed_open\""
+            ) >= 1.0,
             "{m}"
         );
         assert!(
-            metric(&m, "cerberus_appsec_inspections_total", "outcome=\"failed_closed\"") >= 1.0,
+            metric(
+                &m,
+                "cerberus_appsec_inspections_total",
+                "outcome=\"failed_closed\""
+            ) >= 1.0,
             "{m}"
         );
         assert!(
@@ -166,4 +183,150 @@ async fn appsec_stopped_fails_open_or_closed_as_configured() {
     );
     open.stop().await;
     closed.stop().await;
+}
+
+/// An upstream that answers 200 "upstream" and records every request body it got.
+struct Recorder {
+    addr: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let body = req.into_body().collect().await?.to_bytes();
+                                seen.lock().unwrap().push(body.to_vec());
+                                Ok::<_, hyper::Error>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(
+                                        b"upstream",
+                                    )),
+                                ))
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(sock);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Recorder { addr, bodies, task }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_inspects_uri_and_body_and_hands_the_body_on_unchanged() {
+    let _logs = support::logs();
+    let Some(engine) = support::appsec::start().await else {
+        return;
+    };
+    let caddy_bin = tokio::task::spawn_blocking(support::caddy::our_caddy)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = daemon_config(dir.path(), &engine, AppsecFail::Open);
+    let socket = config.socket.display().to_string();
+    let app = start_daemon(config).await;
+    let upstream = Recorder::start().await;
+    let (port, off_port) = (free_port(), free_port());
+    let site = |port: u16, extra: &str| {
+        format!(
+            "http://:{port} {{\n\tbind 127.0.0.1\n\tcerberus {{\n\t\tsocket {socket}\n{extra}\t}}\n\t\
+             reverse_proxy {}\n}}\n",
+            upstream.addr
+        )
+    };
+    let _caddy = Caddy::start(
+        &caddy_bin,
+        &(site(port, "") + &site(off_port, "\t\tappsec off\n")),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_status(
+        "Caddy to serve /",
+        "127.0.0.6",
+        &format!("{base}/"),
+        200,
+        30,
+    )
+    .await;
+    let client = client_from("127.0.0.6");
+
+    let r = client.get(format!("{base}/.env")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "GET /.env through the module");
+    assert_eq!(r.headers()["x-cerberus-remediation"], "ban");
+    let r = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "upstream");
+
+    // A rule on the body refuses the POST that carries it; the upstream never sees it.
+    let before = upstream.bodies.lock().unwrap().len();
+    let r = client
+        .post(format!("{base}/form"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(EVIL_BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "the body rule refuses the POST");
+    assert_eq!(upstream.bodies.lock().unwrap().len(), before);
+
+    // A benign POST: the upstream gets exactly the bytes sent (binary, 200 KiB).
+    let benign: Vec<u8> = (0..200 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = client
+        .post(format!("{base}/upload"))
+        .header("Content-Type", "application/octet-stream")
+        .body(benign.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        upstream.bodies.lock().unwrap().last().map(Vec::as_slice),
+        Some(benign.as_slice()),
+        "the upstream received the same bytes"
+    );
+
+    // `appsec off` for a site: not inspected.
+    let off = format!("http://127.0.0.1:{off_port}");
+    wait_status(
+        "the appsec-off site",
+        "127.0.0.6",
+        &format!("{off}/"),
+        200,
+        30,
+    )
+    .await;
+    let r = client.get(format!("{off}/.env")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "appsec off serves /.env");
+
+    let m = cerberus::metrics::render().expect("a Prometheus recorder");
+    assert!(
+        metric(
+            &m,
+            "cerberus_appsec_inspections_total",
+            "door=\"socket\",outcome=\"ban\""
+        ) >= 2.0,
+        "{m}"
+    );
+    app.stop().await;
 }

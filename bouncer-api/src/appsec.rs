@@ -221,7 +221,10 @@ fn bytes16<'a>(p: &mut &'a [u8], id: u32) -> Result<&'a [u8], FrameError> {
 
 fn text16<'a>(p: &mut &'a [u8], id: u32) -> Result<&'a str, FrameError> {
     let s = bytes16(p, id)?;
-    std::str::from_utf8(s).map_err(|_| FrameError::BadUtf8 { id, field: "appsec" })
+    std::str::from_utf8(s).map_err(|_| FrameError::BadUtf8 {
+        id,
+        field: "appsec",
+    })
 }
 
 /// Appends an answer: 10 bytes (`len` 8): remediation, reason.

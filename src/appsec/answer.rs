@@ -114,13 +114,22 @@ mod tests {
 
     #[test]
     fn answers_of_crowdsec() {
-        assert_eq!(read(200, br#"{"action":"allow","http_status":200}"#), Ok(Verdict::Allow));
-        assert_eq!(read(403, br#"{"action":"ban","http_status":403}"#), Ok(Verdict::Ban));
+        assert_eq!(
+            read(200, br#"{"action":"allow","http_status":200}"#),
+            Ok(Verdict::Allow)
+        );
+        assert_eq!(
+            read(403, br#"{"action":"ban","http_status":403}"#),
+            Ok(Verdict::Ban)
+        );
         assert_eq!(
             read(403, br#"{"action":"captcha","http_status":403}"#),
             Ok(Verdict::Captcha)
         );
-        assert_eq!(read(403, br#"{"action":"custom","http_status":403}"#), Ok(Verdict::Ban));
+        assert_eq!(
+            read(403, br#"{"action":"custom","http_status":403}"#),
+            Ok(Verdict::Ban)
+        );
         assert_eq!(read(401, b""), Err(Failure::Unauthorized));
         assert_eq!(read(500, b""), Err(Failure::Status(500)));
         assert_eq!(read(503, b"x"), Err(Failure::Status(503)));

@@ -179,36 +179,37 @@ impl Appsec {
         req: Inspection<'_>,
         usage: &crate::usage::Usage,
     ) -> Outcome {
-        let outcome = if req.truncated && self.fail == AppsecFail::Closed {
-            self.log_failure(&format!(
+        let outcome =
+            if req.truncated && self.fail == AppsecFail::Closed {
+                self.log_failure(&format!(
                 "a {} {} body is over appsec_max_body ({} bytes); refused (appsec_fail: closed)",
                 req.method, req.uri, self.max_body
             ));
-            Outcome::BodyRefused
-        } else {
-            let started = Instant::now();
-            let answer = self.call(req).await;
-            self.duration.record(started.elapsed().as_secs_f64());
-            match answer {
-                Ok(Verdict::Allow) => Outcome::Allow,
-                Ok(Verdict::Ban) => Outcome::Ban,
-                Ok(Verdict::Captcha) => Outcome::Captcha,
-                Err(failure) => {
-                    self.errors[failure.index()].increment(1);
-                    let outcome = match self.fail {
-                        AppsecFail::Open => Outcome::FailedOpen,
-                        AppsecFail::Closed => Outcome::FailedClosed,
-                    };
-                    self.log_failure(&format!(
+                Outcome::BodyRefused
+            } else {
+                let started = Instant::now();
+                let answer = self.call(req).await;
+                self.duration.record(started.elapsed().as_secs_f64());
+                match answer {
+                    Ok(Verdict::Allow) => Outcome::Allow,
+                    Ok(Verdict::Ban) => Outcome::Ban,
+                    Ok(Verdict::Captcha) => Outcome::Captcha,
+                    Err(failure) => {
+                        self.errors[failure.index()].increment(1);
+                        let outcome = match self.fail {
+                            AppsecFail::Open => Outcome::FailedOpen,
+                            AppsecFail::Closed => Outcome::FailedClosed,
+                        };
+                        self.log_failure(&format!(
                         "AppSec at {} gave no verdict ({failure}); request {} (appsec_fail: {})",
                         self.url,
                         if outcome.refuses() { "refused" } else { "served" },
                         if outcome.refuses() { "closed" } else { "open" },
                     ));
-                    outcome
+                        outcome
+                    }
                 }
-            }
-        };
+            };
         self.outcomes[door as usize][outcome as usize].increment(1);
         if outcome.refuses() {
             usage.add_dropped(ORIGIN, "", outcome.remediation().as_str());
@@ -230,6 +231,29 @@ impl Appsec {
             truncated: false,
         })
         .await
+    }
+
+    /// [`Appsec::probe`] as the diagnostics and the status show it:
+    /// `{"status","url","latency_ms"}` with status `answering` (a verdict came back),
+    /// `unauthorized`, `timeout`, `unreachable` or `error`, and the error's text.
+    pub async fn health(&self) -> serde_json::Value {
+        let started = Instant::now();
+        let answer = self.probe().await;
+        let ms = started.elapsed().as_millis() as u64;
+        match answer {
+            Ok(_) => serde_json::json!({"status": "answering", "url": self.url, "latency_ms": ms}),
+            Err(f) => serde_json::json!({
+                "status": match f {
+                    Failure::Unauthorized => "unauthorized",
+                    Failure::Timeout => "timeout",
+                    Failure::Unreachable => "unreachable",
+                    _ => "error",
+                },
+                "url": self.url,
+                "latency_ms": ms,
+                "error": f.to_string(),
+            }),
+        }
     }
 
     async fn call(&self, req: Inspection<'_>) -> Result<Verdict, Failure> {
@@ -256,10 +280,14 @@ impl Appsec {
             ("x-crowdsec-appsec-host", req.host.to_string()),
             ("x-crowdsec-appsec-verb", req.method.to_string()),
             ("x-crowdsec-appsec-api-key", key.clone()),
-            ("x-crowdsec-appsec-http-version", two_digits(req.http_version)),
+            (
+                "x-crowdsec-appsec-http-version",
+                two_digits(req.http_version),
+            ),
         ];
         for (name, value) in ours {
-            let v = reqwest::header::HeaderValue::from_str(&value).map_err(|_| Failure::BadRequest)?;
+            let v =
+                reqwest::header::HeaderValue::from_str(&value).map_err(|_| Failure::BadRequest)?;
             headers.insert(name, v);
         }
         if let Some(ua) = req
@@ -381,6 +409,9 @@ mod tests {
             Outcome::Captcha.remediation(),
             bouncer_api::Remediation::Captcha
         );
-        assert_eq!(Outcome::FailedClosed.remediation(), bouncer_api::Remediation::Ban);
+        assert_eq!(
+            Outcome::FailedClosed.remediation(),
+            bouncer_api::Remediation::Ban
+        );
     }
 }

@@ -76,9 +76,18 @@ impl Reader {
                 "closed" => c.appsec.fail = AppsecFail::Closed,
                 _ => self.problem(
                     "appsec_fail",
-                    format!("{v:?}: expected open (serve when AppSec cannot answer) or closed (refuse)"),
+                    format!(
+                        "{v:?}: expected open (serve when AppSec cannot answer) or closed (refuse)"
+                    ),
                 ),
             }
+        }
+        if c.appsec.url.is_some() && c.api_key.is_none() && !c.engine.enabled {
+            self.problem(
+                "appsec_url",
+                "AppSec authenticates with a bouncer key of its LAPI: set api_key (or \
+                 api_key_file), or run the managed engine (engine.enabled), whose key is used",
+            );
         }
         if let Some(s) = self.string("appsec_max_body") {
             match parse_size(&s) {
@@ -90,5 +99,59 @@ impl Reader {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse_yaml, Problem};
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, Vec<Problem>> {
+        Reader::new(parse_yaml(yaml).unwrap()).finish(&[])
+    }
+
+    #[test]
+    fn off_by_default_and_read_when_set() {
+        let c = load("").unwrap();
+        assert!(c.appsec.url.is_none());
+        assert_eq!(c.appsec.timeout, Duration::from_millis(200));
+        assert_eq!(c.appsec.fail, AppsecFail::Open);
+        assert_eq!(c.appsec.max_body, 1 << 20);
+        let c = load(
+            "api_url: http://127.0.0.1:8080\napi_key: k\nappsec_url: http://127.0.0.1:7422/\n\
+             appsec_timeout: 1s\nappsec_fail: closed\nappsec_max_body: 64KiB\n",
+        )
+        .unwrap();
+        assert_eq!(c.appsec.url.as_deref(), Some("http://127.0.0.1:7422/"));
+        assert_eq!(c.appsec.timeout, Duration::from_secs(1));
+        assert_eq!(c.appsec.fail, AppsecFail::Closed);
+        assert_eq!(c.appsec.max_body, 64 << 10);
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let problems = load(
+            "appsec_url: 127.0.0.1:7422\nappsec_timeout: 2m\nappsec_fail: maybe\n\
+             appsec_max_body: lots\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "appsec_url",
+            "appsec_timeout",
+            "appsec_fail",
+            "appsec_max_body",
+        ] {
+            assert!(keys.contains(&key), "{key} not named in {problems:?}");
+        }
+        let p = load("appsec_url: http://127.0.0.1:7422/\n").unwrap_err();
+        assert!(
+            p.iter()
+                .any(|p| p.key == "appsec_url" && p.message.contains("api_key")),
+            "no bouncer key: {p:?}"
+        );
+        let p = load("appsec_max_body: 17MiB\n").unwrap_err();
+        assert!(p.iter().any(|p| p.key == "appsec_max_body"), "{p:?}");
     }
 }

@@ -106,7 +106,11 @@ impl Door {
             return response;
         };
         let outcome = appsec
-            .inspect(appsec::Door::ForwardAuth, inspection(req, ip), self.decider.usage())
+            .inspect(
+                appsec::Door::ForwardAuth,
+                inspection(req, ip),
+                self.decider.usage(),
+            )
             .await;
         if !outcome.refuses() {
             return response;
@@ -258,11 +262,8 @@ fn inspection<B>(req: &Request<B>, ip: IpAddr) -> Inspection<'_> {
     let h = req.headers();
     let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
     let method = text("x-forwarded-method").unwrap_or(req.method().as_str());
-    let uri = text("x-forwarded-uri").unwrap_or_else(|| {
-        req.uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-    });
+    let uri = text("x-forwarded-uri")
+        .unwrap_or_else(|| req.uri().path_and_query().map_or("/", |p| p.as_str()));
     let host = text("x-forwarded-host")
         .or_else(|| text("host"))
         .unwrap_or("");

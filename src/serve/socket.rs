@@ -10,14 +10,13 @@
 //! module sends one at a time per connection; other connections go on meanwhile).
 
 use super::{count_lookup, lookup_answer, Readiness, REMEDIATION_LABELS};
+use crate::appsec::Appsec;
 use crate::clock;
 use crate::metrics as names;
 use crate::store::Decider;
 use anyhow::{bail, Context};
-use crate::appsec::Appsec;
 use bouncer_api::{
-    decode_request, encode_lookup_answer, encode_response, ErrorCode, FrameError, Request,
-    Response,
+    decode_request, encode_lookup_answer, encode_response, ErrorCode, FrameError, Request, Response,
 };
 use bytes::BytesMut;
 use std::io::ErrorKind;
