@@ -219,7 +219,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_connections: config.socket_max_connections,
             idle_timeout: config.socket_idle_timeout,
         })?;
-        let appsec = crate::appsec::Appsec::from_config(&config.appsec, config.api_key.clone())?;
+        let appsec = crate::engine::appsec::start(
+            &config,
+            engine.as_deref(),
+            upstream_rx.clone(),
+            shutdown_rx.clone(),
+        )?;
         if let Some(a) = &appsec {
             info!(
                 "AppSec: every request the IP check allows is inspected by {}",
