@@ -49,6 +49,28 @@ fn forward_auth_caddy(port: u16, upstream: &str) -> Caddy {
     )
 }
 
+/// Through Caddy on `port` (once it serves): `GET /.env` is refused by AppSec (ban),
+/// `GET /` is served with `root_body`. Returns the site's base URL.
+async fn env_refused_root_served(port: u16, door: &str, root_body: &str) -> String {
+    let base = format!("http://127.0.0.1:{port}");
+    wait_status(
+        "Caddy to serve /",
+        "127.0.0.6",
+        &format!("{base}/"),
+        200,
+        30,
+    )
+    .await;
+    let client = client_from("127.0.0.6");
+    let r = client.get(format!("{base}/.env")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "GET /.env through {door}");
+    assert_eq!(r.headers()["x-cerberus-remediation"], "ban");
+    let r = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "GET / through {door}");
+    assert_eq!(r.text().await.unwrap(), root_body);
+    base
+}
+
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && labels.split(',').all(|p| l.contains(p)))
@@ -70,22 +92,7 @@ async fn forward_auth_through_debian_caddy_refuses_env_and_serves_root() {
     let app = start_daemon(daemon_config(dir.path(), &engine, AppsecFail::Open)).await;
     let port = free_port();
     let _caddy = forward_auth_caddy(port, app.forward_auth_addr.as_deref().unwrap());
-    let base = format!("http://127.0.0.1:{port}");
-    wait_status(
-        "Caddy to serve /",
-        "127.0.0.6",
-        &format!("{base}/"),
-        200,
-        30,
-    )
-    .await;
-    let client = client_from("127.0.0.6");
-    let r = client.get(format!("{base}/.env")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 403, "GET /.env through forward_auth");
-    assert_eq!(r.headers()["x-cerberus-remediation"], "ban");
-    let r = client.get(format!("{base}/")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.text().await.unwrap(), "ok");
+    env_refused_root_served(port, "forward_auth", "ok").await;
     assert!(
         engine.log().contains("WAF block"),
         "the engine logged the block:\n{}",
@@ -119,6 +126,7 @@ async fn appsec_stopped_fails_open_or_closed_as_configured() {
     for c in [&mut open_config, &mut closed_config] {
         c.appsec.timeout = std::time::Duration::from_millis(500);
     }
+    closed_config.admin_listen = Listen::Tcp("127.0.0.1:0".into());
     let open = start_daemon(open_config).await;
     let closed = start_daemon(closed_config).await;
     let http = reqwest::Client::new();
@@ -131,11 +139,53 @@ async fn appsec_stopped_fails_open_or_closed_as_configured() {
             .header("X-Forwarded-Host", "example.com")
             .send()
     };
+    // The status and the diagnostics say whether AppSec answers.
+    let admin = |path: &str| {
+        http.get(format!(
+            "http://{}/api/v1/cerberus/crowdsec{path}",
+            closed.admin_addr.as_deref().unwrap()
+        ))
+        .bearer_auth(&closed.admin_token)
+        .send()
+    };
+    let appsec_status =
+        |v: serde_json::Value| v["appsec"]["status"].as_str().unwrap_or("").to_string();
+    let connectivity: serde_json::Value = admin("/diagnostics/connectivity")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(appsec_status(connectivity), "answering");
+    let status: serde_json::Value = admin("/status").await.unwrap().json().await.unwrap();
+    assert_eq!(appsec_status(status), "answering");
+
     // Running: both follow AppSec's verdicts.
     assert_eq!(ask(&open, "/.env").await.unwrap().status().as_u16(), 403);
     assert_eq!(ask(&closed, "/").await.unwrap().status().as_u16(), 200);
 
     engine.stop();
+    let connectivity: serde_json::Value = admin("/diagnostics/connectivity")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(appsec_status(connectivity), "unreachable");
+    let config: serde_json::Value = admin("/diagnostics/config")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        config["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "appsec" && c["status"] == "fail"),
+        "diagnose names the AppSec failure: {config}"
+    );
     let r = ask(&open, "/").await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "appsec_fail: open serves");
     let r = ask(&closed, "/").await.unwrap();
@@ -260,23 +310,8 @@ async fn module_inspects_uri_and_body_and_hands_the_body_on_unchanged() {
         &caddy_bin,
         &(site(port, "") + &site(off_port, "\t\tappsec off\n")),
     );
-    let base = format!("http://127.0.0.1:{port}");
-    wait_status(
-        "Caddy to serve /",
-        "127.0.0.6",
-        &format!("{base}/"),
-        200,
-        30,
-    )
-    .await;
+    let base = env_refused_root_served(port, "the module", "upstream").await;
     let client = client_from("127.0.0.6");
-
-    let r = client.get(format!("{base}/.env")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 403, "GET /.env through the module");
-    assert_eq!(r.headers()["x-cerberus-remediation"], "ban");
-    let r = client.get(format!("{base}/")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.text().await.unwrap(), "upstream");
 
     // A rule on the body refuses the POST that carries it; the upstream never sees it.
     let before = upstream.bodies.lock().unwrap().len();

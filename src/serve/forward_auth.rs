@@ -99,7 +99,8 @@ impl Door {
         let Some(appsec) = &self.appsec else {
             return response;
         };
-        if response.status() != StatusCode::OK {
+        // Protection off (bypassed): nothing is inspected either.
+        if response.status() != StatusCode::OK || !self.decider.enabled() {
             return response;
         }
         let Ok(ip) = self.client_ip(req.headers(), peer) else {

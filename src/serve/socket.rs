@@ -379,7 +379,8 @@ impl Connection {
     /// Asks AppSec about one request frame and appends the answer.
     async fn inspect(&self, frame: &[u8], output: &mut BytesMut) -> Result<(), FrameError> {
         let req = bouncer_api::appsec::parse_request(frame)?;
-        let Some(appsec) = &self.appsec else {
+        let Some(appsec) = self.appsec.as_ref().filter(|_| self.decider.enabled()) else {
+            // AppSec off here, or protection off (bypassed): allow, not inspected.
             bouncer_api::appsec::encode_answer(
                 &bouncer_api::appsec::AppsecAnswer {
                     id: req.id,
