@@ -105,6 +105,8 @@ YAML
 }
 daemon with "http://127.0.0.1:$APPSEC_PORT/"
 daemon without ""
+# Set by `daemon` through printf -v.
+: "${SOCK_with:?}" "${FA_with:?}" "${FA_without:?}"
 
 for _ in $(seq 600); do
     (exec 3<>"/dev/tcp/127.0.0.1/$APPSEC_PORT") 2>/dev/null && break
