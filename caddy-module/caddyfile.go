@@ -28,6 +28,8 @@ func init() {
 //		errors                        # refusals become Caddy HTTP errors
 //		ban_template <file>           # html/template page of a refusal
 //		snapshot_dir <dir>|off        # default: the socket's directory + /snapshot
+//		appsec      on|off            # default on (AppSec through the daemon)
+//		appsec_max_body <bytes>       # default 1048576
 //	}
 //
 // Every subdirective is optional; `cerberus` alone uses the defaults.
@@ -73,6 +75,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.BanTemplate = arg
 		case "snapshot_dir":
 			h.SnapshotDir = arg
+		case "appsec":
+			if arg != "on" && arg != "off" {
+				return d.Errf("appsec must be on or off, got %q", arg)
+			}
+			h.Appsec = arg
+		case "appsec_max_body":
+			n, err := strconv.Atoi(arg)
+			if err != nil || n < 0 || n > 16<<20 {
+				return d.Errf("appsec_max_body must be a number of bytes from 0 to 16777216, got %q", arg)
+			}
+			h.AppsecMaxBody = n
 		case "connections":
 			n, err := strconv.Atoi(arg)
 			if err != nil || n < 1 {

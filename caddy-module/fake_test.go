@@ -1,6 +1,7 @@
 package cerberus
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -30,6 +31,9 @@ type fakeDaemon struct {
 	dropN    int           // close the connection on the next dropN batches instead of answering
 	errFor   map[netip.Addr]ErrorCode
 	conns    []net.Conn
+
+	appsecAnswer AppsecAnswer // the answer to every AppSec request (default: allow)
+	appsecSeen   [][]byte     // the AppSec frames received, whole
 
 	lookups  atomic.Int64
 	accepted atomic.Int64
@@ -100,6 +104,19 @@ func (f *fakeDaemon) serve(c net.Conn) {
 		var reqs []Request
 		off := 0
 		for {
+			if rest := buf[off:]; len(rest) >= 12 && rest[3] == KindAppsec {
+				size := int(binary.BigEndian.Uint32(rest[8:]))
+				if len(rest) < 12+size {
+					break
+				}
+				f.mu.Lock()
+				ans := f.appsecAnswer
+				f.appsecSeen = append(f.appsecSeen, append([]byte(nil), rest[:12+size]...))
+				f.mu.Unlock()
+				_, _ = c.Write(AppendAppsecAnswer(nil, binary.BigEndian.Uint32(rest[4:]), ans))
+				off += 12 + size
+				continue
+			}
 			r, used, derr := DecodeRequest(buf[off:])
 			if errors.Is(derr, ErrIncomplete) {
 				break

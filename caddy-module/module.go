@@ -106,6 +106,17 @@ type Handler struct {
 	// escaped by html/template; never mark LAPI data (Origin, Scenario) as safe.
 	BanTemplate string `json:"ban_template,omitempty"`
 
+	// Appsec is "on" (default) or "off". On: every request the IP check allowed is
+	// also inspected by CrowdSec's AppSec through the daemon (when the daemon has
+	// `appsec_url`; otherwise it says so and the handler stops asking for 10 s), its
+	// body read up to AppsecMaxBody and handed to the next handler unchanged.
+	Appsec string `json:"appsec,omitempty"`
+
+	// AppsecMaxBody is the most of a body sent to AppSec, in bytes; longer bodies
+	// are sent cut (the daemon's `appsec_fail: closed` refuses them). Default: 1 MiB.
+	AppsecMaxBody int `json:"appsec_max_body,omitempty"`
+
+	appsec  *appsecState
 	client  *Client
 	logger  *zap.Logger
 	failLog *rateLimitedLog
@@ -150,6 +161,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.page = page
 	h.client = NewClient(h.Socket, h.Connections, time.Duration(h.Timeout))
+	if h.Appsec == "" {
+		h.Appsec = "on"
+	}
+	if h.AppsecMaxBody == 0 {
+		h.AppsecMaxBody = DefaultAppsecMaxBody
+	}
+	if h.Appsec == "on" {
+		// Connections of their own: the daemon answers AppSec requests of one
+		// connection in order, and lookups must not wait behind them.
+		h.appsec = &appsecState{client: NewClient(h.Socket, max(h.Connections, 16), DefaultAppsecTimeout)}
+	}
 	if h.SnapshotDir == "" {
 		h.SnapshotDir = filepath.Join(filepath.Dir(h.Socket), "snapshot")
 	}
@@ -173,6 +195,12 @@ func (h *Handler) Validate() error {
 	if h.Connections < 0 {
 		return fmt.Errorf("cerberus: connections must not be negative")
 	}
+	if h.Appsec != "" && h.Appsec != "on" && h.Appsec != "off" {
+		return fmt.Errorf("cerberus: appsec must be on or off, not %q", h.Appsec)
+	}
+	if h.AppsecMaxBody < 0 || h.AppsecMaxBody > 16<<20 {
+		return fmt.Errorf("cerberus: appsec_max_body must be from 0 to 16777216 bytes")
+	}
 	return nil
 }
 
@@ -183,6 +211,9 @@ func (h *Handler) Cleanup() error {
 		<-h.repDone
 		h.snap.release()
 		h.snap = nil
+	}
+	if h.appsec != nil {
+		_ = h.appsec.client.Close()
 	}
 	if h.client != nil {
 		return h.client.Close()
@@ -227,6 +258,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	verdicts.WithLabelValues(ans.Remediation.String()).Inc()
 
 	if ans.Remediation == Allow {
+		if h.appsec != nil {
+			return h.inspect(w, r, next, repl, addr)
+		}
 		return next.ServeHTTP(w, r)
 	}
 	d := PageData{Status: http.StatusForbidden, Title: "Access denied", IP: addr.String(),
@@ -349,7 +383,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{failures, verdicts} {
+	for _, c := range []prometheus.Collector{failures, verdicts, appsecOutcomes} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -148,6 +148,7 @@ type Response struct {
 	Kind    byte
 	ID      uint32
 	Answer  Answer
+	Appsec  AppsecAnswer
 	Code    ErrorCode
 	Message string
 }
@@ -409,6 +410,8 @@ func DecodeResponse(buf []byte) (Response, int, error) {
 		}
 		a.Scenario = p.str(sl)
 		a.Type = p.str(int(p.u8()))
+	case KindAppsecAnswer:
+		r.Appsec = decodeAppsecAnswer(&p)
 	case KindError:
 		if r.Code = ErrorCode(p.u8()); p.err == nil && (r.Code < CodeBadVersion || r.Code > CodeInternal) {
 			p.fail("bad_value")

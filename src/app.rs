@@ -225,6 +225,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let captcha = crate::captcha::Captcha::new(&config)?.map(std::sync::Arc::new);
         crate::serve::set_captcha_flow(captcha.is_some());
         let server = server.with_captcha(captcha.clone());
+        let appsec = crate::engine::appsec::start(
+            &config,
+            engine.as_deref(),
+            upstream_rx.clone(),
+            shutdown_rx.clone(),
+        )?;
+        if let Some(a) = &appsec {
+            info!(
+                "AppSec: every request the IP check allows is inspected by {}",
+                a.url()
+            );
+        }
+        let server = server.with_appsec(appsec.clone());
         threads.push(server.spawn(decider.clone(), ready.clone(), shutdown_rx.clone())?);
         if let Some(dir) = config.snapshot_path() {
             let settings = crate::serve::segments::SegmentSettings::new(dir, &config.socket);
@@ -240,7 +253,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let socket_addr = format!("unix:{}", config.socket.display());
         info!("listening for Caddy module lookups on {socket_addr}");
         let door = forward_auth::Door::new(&config, decider.clone(), ready.clone())?
-            .with_captcha(captcha.clone());
+            .with_captcha(captcha.clone())
+            .with_appsec(appsec.clone());
         let fa = forward_auth::start(&config, door, shutdown_rx.clone()).await?;
         let token = admin::token(&config)?;
         let mut state = Admin::new(
@@ -254,6 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             upstream_rx.clone(),
         )?;
         state.socket_addr = Some(socket_addr.clone());
+        state.appsec = appsec.clone();
         if let Some(e) = &engine {
             state.hub = Some(hub_for(&config, e)?);
         }

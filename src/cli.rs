@@ -256,6 +256,18 @@ pub fn status(t: &Target, as_json: bool) -> ExitCode {
             println!("last error:  {e}");
         }
     }
+    let a = &s["appsec"];
+    match a["status"].as_str() {
+        None | Some("not_configured") => println!("AppSec:      off"),
+        Some(status) => println!(
+            "AppSec:      {} ({status}{})",
+            a["url"].as_str().unwrap_or("?"),
+            a["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+    }
     println!("snapshot:    generation {}", s["snapshot"]["generation"]);
     println!("lookups:     {}", s["lookups"]);
     ExitCode::SUCCESS

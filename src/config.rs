@@ -2,6 +2,7 @@
 //! settable as `CERBERUS_<KEY>`, checked as a whole so that `cerberus check` lists every
 //! problem at once, each naming its key.
 
+mod appsec;
 mod build;
 mod captcha;
 mod reader;
@@ -10,6 +11,7 @@ mod secrets;
 mod tests;
 
 pub use captcha::{CaptchaConfig, Provider as CaptchaProvider, MIN_SIGNING_KEY_LEN};
+pub use appsec::{AppsecConfig, AppsecFail};
 pub use reader::parse_size;
 use reader::Reader;
 pub use secrets::MIN_ADMIN_TOKEN_LEN;
@@ -97,6 +99,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("captcha_template", Kind::Str),
     ("captcha_script_url", Kind::Str),
     ("captcha_verify_url", Kind::Str),
+    ("appsec_url", Kind::Str),
+    ("appsec_timeout", Kind::Str),
+    ("appsec_fail", Kind::Str),
+    ("appsec_max_body", Kind::Str),
 ];
 
 /// Nested sections: `engine: {enabled: true}` is read as the key `engine.enabled`, and
@@ -309,6 +315,8 @@ pub struct Config {
     /// The files secrets were read from, by key (`api_key_file`, ...), for
     /// [`Config::exposed_secret_files`].
     pub secret_files: Vec<(String, PathBuf)>,
+    /// CrowdSec's AppSec component (off by default; see [`crate::appsec`]).
+    pub appsec: AppsecConfig,
 }
 
 impl Default for Config {
@@ -363,6 +371,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(5 * 60),
             captcha: CaptchaConfig::default(),
             secret_files: Vec::new(),
+            appsec: AppsecConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //!   the HTTP endpoint for Caddy's `forward_auth`, and the snapshot segments the Caddy
 //!   module maps (`serve::segments`, layout in `bouncer-api/SNAPSHOT.md`).
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
+//! - [`appsec`]: CrowdSec's AppSec component (WAF), asked by both doors after an allow.
 //! - [`usage`]: the doors' usage counters (requests processed, and dropped by origin and
 //!   remediation), a leaf held by the store's decider; `lapi::usage` pushes them to LAPI.
 //! - [`ready`]: readiness, a leaf flag the sync loop sets on its first pull and the doors
@@ -36,6 +37,7 @@
 pub mod admin;
 pub mod app;
 pub mod captcha;
+pub mod appsec;
 pub mod cli;
 pub mod clock;
 pub mod config;

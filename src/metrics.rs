@@ -312,6 +312,24 @@ pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Unit::Count,
         "Requests with a captcha verdict refused with 403, by reason (method: not GET or HEAD).",
     ),
+    (
+        APPSEC_INSPECTIONS,
+        Kind::Counter,
+        Unit::Count,
+        "Requests inspected by CrowdSec AppSec by door and outcome (allow, ban, captcha, failed_open, failed_closed, body_refused).",
+    ),
+    (
+        APPSEC_ERRORS,
+        Kind::Counter,
+        Unit::Count,
+        "AppSec calls without a verdict by reason (unauthorized, status, timeout, unreachable, bad_answer).",
+    ),
+    (
+        APPSEC_DURATION,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time of one call to CrowdSec AppSec.",
+    ),
 ];
 
 /// Admin API requests refused for a wrong token.
@@ -336,9 +354,20 @@ pub const CAPTCHA_SOLVED: &str = "cerberus_captcha_solved_total";
 pub const CAPTCHA_FAILED: &str = "cerberus_captcha_failed_total";
 /// Requests with a captcha verdict refused outright, by `reason` (method).
 pub const CAPTCHA_REFUSED: &str = "cerberus_captcha_refused_total";
+/// AppSec inspections by `door` (socket, forward_auth) and `outcome` (allow, ban,
+/// captcha, failed_open, failed_closed, body_refused).
+pub const APPSEC_INSPECTIONS: &str = "cerberus_appsec_inspections_total";
+/// AppSec calls that gave no verdict, by `reason` (unauthorized, status, timeout,
+/// unreachable, bad_answer).
+pub const APPSEC_ERRORS: &str = "cerberus_appsec_errors_total";
+/// Time of one AppSec call (the answer or the failure).
+pub const APPSEC_DURATION: &str = "cerberus_appsec_duration_seconds";
 
 /// Every name above, for tests and the exporter's descriptions.
 pub const ALL: &[&str] = &[
+    APPSEC_INSPECTIONS,
+    APPSEC_ERRORS,
+    APPSEC_DURATION,
     LAPI_REQUESTS,
     LAPI_FAILURES,
     LAPI_BYTES,
@@ -386,6 +415,10 @@ const LOOKUP_BUCKETS: &[f64] = &[
 const SYNC_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+/// An AppSec call: a millisecond or two on loopback, up to `appsec_timeout` (200ms).
+const APPSEC_BUCKETS: &[f64] = &[
+    2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.2, 0.5, 1.0,
+];
 /// How often histogram samples are folded into their buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -401,7 +434,10 @@ pub fn install() -> bool {
 fn build_and_install() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(LOOKUP_DURATION.into()), LOOKUP_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SYNC_DURATION.into()), SYNC_BUCKETS));
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SYNC_DURATION.into()), SYNC_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(APPSEC_DURATION.into()), APPSEC_BUCKETS)
+        });
     let builder = match builder {
         Ok(b) => b,
         Err(e) => {

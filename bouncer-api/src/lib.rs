@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+pub mod appsec;
 pub mod blocking;
 pub mod captcha;
 pub mod client;

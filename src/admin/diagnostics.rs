@@ -151,12 +151,24 @@ fn captcha_status(admin: &Admin) -> Value {
 
 /// `GET /diagnostics/connectivity`.
 pub async fn connectivity(admin: &Admin) -> Reply {
-    let (lapi, capi, captcha) =
-        tokio::join!(lapi_health(admin), capi_probe(admin), captcha_probe(admin));
+    let (lapi, capi, captcha, appsec) = tokio::join!(
+        lapi_health(admin),
+        capi_probe(admin),
+        captcha_probe(admin),
+        appsec_health(admin)
+    );
     json_reply(
         StatusCode::OK,
-        &json!({"lapi": lapi, "capi": capi, "captcha": captcha}),
+        &json!({"lapi": lapi, "capi": capi, "captcha": captcha, "appsec": appsec}),
     )
+}
+
+/// AppSec's answer to a probe, or `not_configured` without `appsec_url`.
+async fn appsec_health(admin: &Admin) -> Value {
+    match &admin.appsec {
+        Some(a) => a.health().await,
+        None => json!({"status": "not_configured", "detail": "appsec_url is not set"}),
+    }
 }
 
 fn rfc3339_ms(unix_ms: i64) -> String {
@@ -219,6 +231,7 @@ pub async fn status(admin: &Admin) -> Reply {
             "uptime_seconds": admin.started.elapsed().as_secs(),
             "lapi": lapi,
             "captcha": captcha_status(admin),
+            "appsec": appsec_health(admin).await,
             "engine": admin.engine.as_ref().map(|e| json!({
                 "wanted": e.wanted(),
                 "status": e.supervisor.status(),
@@ -276,6 +289,34 @@ pub async fn checks(admin: &Admin) -> Vec<Check> {
             .fix("set ca_cert_path to LAPI's CA and turn insecure_skip_verify off"),
         );
     }
+
+    let appsec = appsec_health(admin).await;
+    out.push(match appsec["status"].as_str().unwrap_or("") {
+        "not_configured" => Check::new("appsec", "skip", "AppSec is off (no appsec_url)"),
+        "answering" => Check::new(
+            "appsec",
+            "ok",
+            format!(
+                "AppSec at {} answers in {} ms",
+                appsec["url"].as_str().unwrap_or(""),
+                appsec["latency_ms"]
+            ),
+        ),
+        status => Check::new(
+            "appsec",
+            "fail",
+            format!(
+                "AppSec at {} gives no verdict ({status}): {}; requests get appsec_fail",
+                appsec["url"].as_str().unwrap_or(""),
+                appsec["error"].as_str().unwrap_or("")
+            ),
+        )
+        .fix(if status == "unauthorized" {
+            "use a bouncer key of the LAPI that the AppSec engine reports to (api_key)"
+        } else {
+            "check that CrowdSec runs an acquisition `source: appsec` listening on appsec_url"
+        }),
+    });
 
     let health = lapi_health(admin).await;
     let lapi_up = health["status"] == "healthy";

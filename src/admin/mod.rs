@@ -87,6 +87,8 @@ pub struct Admin {
     pub http: reqwest::Client,
     /// Where the doors listen, for `/status` and the diagnostics.
     pub socket_addr: Option<String>,
+    /// CrowdSec AppSec, when `appsec_url` is set: probed by the status and diagnostics.
+    pub appsec: Option<Arc<crate::appsec::Appsec>>,
     pub started: Instant,
     /// Console enrollment and heartbeats; `None` without an engine config.
     pub console: Option<Arc<crate::console::Console>>,
@@ -127,6 +129,7 @@ impl Admin {
             hub: None,
             http,
             socket_addr: None,
+            appsec: None,
             started: Instant::now(),
             console: None,
             geoip: None,

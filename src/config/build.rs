@@ -314,6 +314,7 @@ impl Reader {
             }
         }
         self.engine(&mut c);
+        self.appsec(&mut c);
         c.console_engine_config = self.path("console_engine_config");
         let engine = c.console_engine_config.clone();
         self.readable_file("console_engine_config", &engine);

@@ -82,6 +82,11 @@ pub struct CaptchaJob {
 }
 
 impl CaptchaJob {
+    /// The refusal the flow falls back to, for a caller that runs no flow.
+    pub fn into_refusal(self) -> Response<Full<Bytes>> {
+        self.refusal
+    }
+
     pub(super) fn new(
         ip: IpAddr,
         h: &HeaderMap,

@@ -19,6 +19,7 @@
 //! no usable client IP → 400 with a plain-text reason.
 
 use super::{Readiness, REMEDIATION_LABELS};
+use crate::appsec::{self, Appsec, Inspection};
 use crate::clock;
 use crate::config::Config;
 use crate::metrics as names;
@@ -57,6 +58,9 @@ pub struct Door {
     no_ip: metrics::Counter,
     duration: metrics::Histogram,
     captcha: Option<Arc<crate::captcha::Captcha>>,
+    /// CrowdSec AppSec, asked after an allow (headers only: Caddy's forward_auth sends
+    /// no body).
+    appsec: Option<Arc<Appsec>>,
 }
 
 /// What [`Door::begin`] found.
@@ -90,6 +94,7 @@ impl Door {
             no_ip: metrics::counter!(names::FORWARD_AUTH_NO_CLIENT_IP),
             duration: metrics::histogram!(names::LOOKUP_DURATION, "door" => "forward_auth"),
             captcha: None,
+            appsec: None,
         })
     }
 
@@ -107,6 +112,52 @@ impl Door {
             .await;
         self.duration.record(started.elapsed().as_secs_f64());
         response
+    }
+
+    /// Asks `appsec` about every request the IP check allows.
+    pub fn with_appsec(mut self, appsec: Option<Arc<Appsec>>) -> Door {
+        self.appsec = appsec;
+        self
+    }
+
+    /// Answers one request: the IP check (a captcha verdict goes to the flow), then, after
+    /// an allow and when configured, AppSec.
+    pub async fn serve<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
+        let response = match self.begin(req, peer) {
+            Step::Done(r) => r,
+            Step::Captcha(job) => return self.captcha(*job).await,
+        };
+        let Some(appsec) = &self.appsec else {
+            return response;
+        };
+        // Protection off (bypassed): nothing is inspected either.
+        if response.status() != StatusCode::OK || !self.decider.enabled() {
+            return response;
+        }
+        let Ok(ip) = self.client_ip(req.headers(), peer) else {
+            return response;
+        };
+        let outcome = appsec
+            .inspect(
+                appsec::Door::ForwardAuth,
+                inspection(req, ip),
+                self.decider.usage(),
+            )
+            .await;
+        if !outcome.refuses() {
+            return response;
+        }
+        let name = outcome.remediation().as_str();
+        self.refusal(req.headers(), ip, name, appsec::ORIGIN, outcome.as_str())
+    }
+
+    /// The IP check alone, answered at once: a captcha verdict gets the refusal the flow
+    /// falls back to (the fuzz target drives this).
+    pub fn handle<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
+        match self.begin(req, peer) {
+            Step::Done(r) => r,
+            Step::Captcha(job) => job.into_refusal(),
+        }
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -206,26 +257,7 @@ impl Door {
                 } else {
                     other.as_str()
                 };
-                let page = Page {
-                    ip,
-                    remediation: name,
-                    origin: &origin,
-                    scenario: &scenario,
-                    request_id: &self.request_id(req.headers()),
-                };
-                if wants_only_json(req.headers()) {
-                    let mut r = plain(self.ban_status, name, page.json());
-                    r.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    r
-                } else {
-                    let mut r = plain(self.ban_status, name, page.render(&self.template));
-                    r.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("text/html; charset=utf-8"),
-                    );
-                    r
-                }
+                self.refusal(req.headers(), ip, name, &origin, &scenario)
             }
         };
         if remediation == bouncer_api::Remediation::Captcha
@@ -243,6 +275,72 @@ impl Door {
         }
         self.duration.record(started.elapsed().as_secs_f64());
         Step::Done(response)
+    }
+
+    /// The refusal page (JSON when only JSON is accepted), with `ban_status`.
+    fn refusal(
+        &self,
+        headers: &HeaderMap,
+        ip: IpAddr,
+        name: &'static str,
+        origin: &str,
+        scenario: &str,
+    ) -> Response<Full<Bytes>> {
+        let page = Page {
+            ip,
+            remediation: name,
+            origin,
+            scenario,
+            request_id: &self.request_id(headers),
+        };
+        if wants_only_json(headers) {
+            let mut r = plain(self.ban_status, name, page.json());
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        } else {
+            let mut r = plain(self.ban_status, name, page.render(&self.template));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+    }
+}
+
+/// What Caddy's forward_auth tells of the original request: method and URI in
+/// `X-Forwarded-Method` / `X-Forwarded-Uri`, the host in `X-Forwarded-Host` (else
+/// `Host`), and the client's headers copied; no body.
+fn inspection<B>(req: &Request<B>, ip: IpAddr) -> Inspection<'_> {
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let method = text("x-forwarded-method").unwrap_or(req.method().as_str());
+    let uri = text("x-forwarded-uri")
+        .unwrap_or_else(|| req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    let host = text("x-forwarded-host")
+        .or_else(|| text("host"))
+        .unwrap_or("");
+    let http_version = match req.version() {
+        hyper::Version::HTTP_10 => "1.0",
+        hyper::Version::HTTP_2 => "2",
+        hyper::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let headers = h
+        .iter()
+        .filter(|(n, _)| *n != "x-forwarded-method" && *n != "x-forwarded-uri")
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    Inspection {
+        ip,
+        method,
+        uri,
+        host,
+        http_version,
+        headers,
+        body: Bytes::new(),
+        truncated: false,
     }
 }
 
@@ -370,14 +468,8 @@ pub async fn start(
 ) -> anyhow::Result<Option<(JoinHandle<()>, String)>> {
     let door = Arc::new(door);
     let handler = move |req: Request<hyper::body::Incoming>, peer: Option<IpAddr>| {
-        let step = door.begin(&req, peer);
         let door = door.clone();
-        async move {
-            match step {
-                Step::Done(r) => r,
-                Step::Captcha(job) => door.captcha(*job).await,
-            }
-        }
+        async move { door.serve(&req, peer).await }
     };
     super::http::serve(
         "forward_auth",

@@ -5,15 +5,18 @@
 //! Per connection: read what is there, decode every complete request, answer each one
 //! into one output buffer (strings borrowed from the snapshot, no allocation), write the
 //! whole batch at once. A malformed frame gets its error frame after the answers to the
-//! earlier requests, then the connection closes.
+//! earlier requests, then the connection closes. An AppSec request (`0x05`) is answered
+//! in order too: the connection waits for AppSec before it reads further frames (the
+//! module sends one at a time per connection; other connections go on meanwhile).
 
 use super::{count_lookup, lookup_answer, Readiness, REMEDIATION_LABELS};
+use crate::appsec::Appsec;
 use crate::clock;
 use crate::metrics as names;
 use crate::store::Decider;
 use anyhow::{bail, Context};
 use bouncer_api::{
-    decode_request, encode_lookup_answer, encode_response, ErrorCode, Request, Response,
+    decode_request, encode_lookup_answer, encode_response, ErrorCode, FrameError, Request, Response,
 };
 use bytes::BytesMut;
 use std::io::ErrorKind;
@@ -40,6 +43,7 @@ pub struct SocketServer {
     listener: std::os::unix::net::UnixListener,
     settings: SocketSettings,
     captcha: Option<Arc<crate::captcha::Captcha>>,
+    appsec: Option<Arc<Appsec>>,
 }
 
 impl SocketServer {
@@ -62,12 +66,19 @@ impl SocketServer {
             listener,
             settings,
             captcha: None,
+            appsec: None,
         })
     }
 
     /// Answers the captcha frames with this flow (without one: refuse, as a ban).
     pub fn with_captcha(mut self, captcha: Option<Arc<crate::captcha::Captcha>>) -> Self {
         self.captcha = captcha;
+        self
+    }
+
+    /// Answers AppSec frames (`0x05`) with `appsec`; without it they get `bad_kind`.
+    pub fn with_appsec(mut self, appsec: Option<Arc<Appsec>>) -> SocketServer {
+        self.appsec = appsec;
         self
     }
 
@@ -108,6 +119,7 @@ impl SocketServer {
             listener,
             settings,
             captcha,
+            appsec,
         } = self;
         let path = settings.path.clone();
         let listener = match UnixListener::from_std(listener) {
@@ -142,6 +154,7 @@ impl SocketServer {
                                 ready: ready.clone(),
                                 idle_timeout: settings.idle_timeout,
                                 captcha: captcha.clone(),
+                                appsec: appsec.clone(),
                             };
                             let shutdown = shutdown.clone();
                             connections.spawn(async move {
@@ -283,16 +296,19 @@ struct Connection {
     ready: Readiness,
     idle_timeout: Duration,
     captcha: Option<Arc<crate::captcha::Captcha>>,
+    appsec: Option<Arc<Appsec>>,
 }
 
-/// Where [`Connection::answer_all`] stopped.
-enum Step {
-    /// Everything complete is answered; read more.
-    More,
-    /// A malformed frame; its error frame is in the output.
+/// What [`Connection::answer_all`] stopped at.
+enum Stop {
+    /// Every complete request is answered.
+    NeedMore,
+    /// A malformed frame (its error frame is in the output).
     Fatal,
     /// A captcha request, to be answered (asynchronously) before what follows it.
     Captcha(bouncer_api::captcha::CaptchaRequest),
+    /// An AppSec request: answered (asynchronously) before anything after it.
+    Appsec(BytesMut),
 }
 
 impl Connection {
@@ -338,15 +354,34 @@ impl Connection {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            let mut step = self.answer_all(&mut input, &mut output, &meters);
-            while let Step::Captcha(req) = step {
-                let answer =
-                    super::captcha::socket_answer(&self.decider, self.captcha.as_deref(), &req)
+            let mut fatal = false;
+            loop {
+                match self.answer_all(&mut input, &mut output, &meters) {
+                    Stop::NeedMore => break,
+                    Stop::Fatal => {
+                        fatal = true;
+                        break;
+                    }
+                    Stop::Captcha(req) => {
+                        let answer = super::captcha::socket_answer(
+                            &self.decider,
+                            self.captcha.as_deref(),
+                            &req,
+                        )
                         .await;
-                bouncer_api::captcha::encode_captcha_answer(req.id, &answer, &mut output);
-                step = self.answer_all(&mut input, &mut output, &meters);
+                        bouncer_api::captcha::encode_captcha_answer(req.id, &answer, &mut output);
+                    }
+                    Stop::Appsec(frame) => {
+                        if let Err(e) = self.inspect(&frame, &mut output).await {
+                            metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
+                            debug!("socket: malformed AppSec frame ({e}); closing the connection");
+                            encode_response(&e.error_response(), &mut output);
+                            fatal = true;
+                            break;
+                        }
+                    }
+                }
             }
-            let fatal = matches!(step, Step::Fatal);
             if !output.is_empty() {
                 // Bounded like the rest: a peer that never reads its answers is dropped.
                 match tokio::time::timeout(self.idle_timeout, stream.write_all(&output)).await {
@@ -363,21 +398,91 @@ impl Connection {
         }
     }
 
-    /// Answers every complete request in `input` up to the first captcha request.
-    fn answer_all(&self, input: &mut BytesMut, output: &mut BytesMut, meters: &Meters) -> Step {
+    /// Asks AppSec about one request frame and appends the answer.
+    async fn inspect(&self, frame: &[u8], output: &mut BytesMut) -> Result<(), FrameError> {
+        let req = bouncer_api::appsec::parse_request(frame)?;
+        let Some(appsec) = self.appsec.as_ref().filter(|_| self.decider.enabled()) else {
+            // AppSec off here, or protection off (bypassed): allow, not inspected.
+            bouncer_api::appsec::encode_answer(
+                &bouncer_api::appsec::AppsecAnswer {
+                    id: req.id,
+                    remediation: bouncer_api::Remediation::Allow,
+                    reason: bouncer_api::appsec::Reason::Off,
+                },
+                output,
+            );
+            return Ok(());
+        };
+        let id = req.id;
+        // The module cuts at its own limit; this daemon's may be lower.
+        let limit = usize::try_from(appsec.max_body()).unwrap_or(usize::MAX);
+        let (body, truncated) = if req.body.len() > limit {
+            (&req.body[..limit], true)
+        } else {
+            (req.body, req.truncated)
+        };
+        let outcome = appsec
+            .inspect(
+                crate::appsec::Door::Socket,
+                crate::appsec::Inspection {
+                    ip: crate::decision::normalize_ip(req.ip),
+                    method: req.method,
+                    uri: req.uri,
+                    host: req.host,
+                    http_version: req.http_version,
+                    headers: req.headers,
+                    body: bytes::Bytes::copy_from_slice(body),
+                    truncated,
+                },
+                self.decider.usage(),
+            )
+            .await;
+        use crate::appsec::Outcome as O;
+        use bouncer_api::appsec::Reason;
+        let reason = match outcome {
+            O::Allow | O::Ban | O::Captcha => Reason::Verdict,
+            O::FailedOpen | O::FailedClosed => Reason::Failed,
+            O::BodyRefused => Reason::BodyTooLarge,
+        };
+        bouncer_api::appsec::encode_answer(
+            &bouncer_api::appsec::AppsecAnswer {
+                id,
+                remediation: outcome.remediation(),
+                reason,
+            },
+            output,
+        );
+        Ok(())
+    }
+
+    /// Answers every complete request in `input` up to the first captcha or AppSec
+    /// request.
+    fn answer_all(&self, input: &mut BytesMut, output: &mut BytesMut, meters: &Meters) -> Stop {
         use bouncer_api::captcha::{take_captcha_request, Taken};
         let now = clock::now_secs();
         let ready = self.ready.get();
         loop {
+            if bouncer_api::appsec::starts_request(input) {
+                return match bouncer_api::appsec::take_request(input) {
+                    Ok(Some(frame)) => Stop::Appsec(frame),
+                    Ok(None) => Stop::NeedMore,
+                    Err(e) => {
+                        metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
+                        debug!("socket: malformed AppSec frame ({e}); closing the connection");
+                        encode_response(&e.error_response(), output);
+                        Stop::Fatal
+                    }
+                };
+            }
             match take_captcha_request(input) {
                 Taken::Other => {}
-                Taken::Partial => return Step::More,
-                Taken::Message(Ok(req)) => return Step::Captcha(req),
+                Taken::Partial => return Stop::NeedMore,
+                Taken::Message(Ok(req)) => return Stop::Captcha(req),
                 Taken::Message(Err(e)) => {
                     metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
                     debug!("socket: malformed captcha request ({e}); closing the connection");
                     encode_response(&e.error_response(), output);
-                    return Step::Fatal;
+                    return Stop::Fatal;
                 }
             }
             if let Some(frame) = bouncer_api::report::take_report(input) {
@@ -391,7 +496,7 @@ impl Connection {
                         metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
                         debug!("socket: malformed report ({e}); closing the connection");
                         encode_response(&e.error_response(), output);
-                        return Step::Fatal;
+                        return Stop::Fatal;
                     }
                 }
             }
@@ -410,12 +515,12 @@ impl Connection {
                 Ok(Some(Request::Ping { id })) => {
                     encode_response(&Response::<&str>::Pong { id }, output)
                 }
-                Ok(None) => return Step::More,
+                Ok(None) => return Stop::NeedMore,
                 Err(e) => {
                     metrics::counter!(names::SOCKET_BAD_FRAMES).increment(1);
                     debug!("socket: malformed frame ({e}); closing the connection");
                     encode_response(&e.error_response(), output);
-                    return Step::Fatal;
+                    return Stop::Fatal;
                 }
             }
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod appsec;
 pub mod caddy;
 pub mod capi;
 pub mod engine;
