@@ -10,8 +10,8 @@ mod secrets;
 #[cfg(test)]
 mod tests;
 
-pub use captcha::{CaptchaConfig, Provider as CaptchaProvider, MIN_SIGNING_KEY_LEN};
 pub use appsec::{AppsecConfig, AppsecFail};
+pub use captcha::{CaptchaConfig, Provider as CaptchaProvider, MIN_SIGNING_KEY_LEN};
 pub use reader::parse_size;
 use reader::Reader;
 pub use secrets::MIN_ADMIN_TOKEN_LEN;

@@ -36,8 +36,8 @@
 
 pub mod admin;
 pub mod app;
-pub mod captcha;
 pub mod appsec;
+pub mod captcha;
 pub mod cli;
 pub mod clock;
 pub mod config;
