@@ -9,6 +9,8 @@
 #   cargo test --workspace                         (CrowdSec 1.4.6, Debian's)
 #   the CrowdSec-backed tests again on CrowdSec 1.7.8 (built from the Go module proxy)
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
+#   fuzz smoke, bench smoke                        (each fuzz target 5 s, each benchmark
+#                                                   once at a small size)
 #   schemathesis on docs/admin-api.yaml           (scripts/schemathesis.sh)
 #   the web console in chromium                   (scripts/browser-test.sh)
 #   the .deb: build and contents, then dpkg -i on this machine (scripts/test-packaging.sh;
@@ -358,6 +360,33 @@ browser_test() {
     return "$rc"
 }
 
+# Every benchmark once at a small size (benches/README.md, "Smoke runs"): the Rust ones
+# built in the test profile (on the dependencies cargo test built), the shell ones on a
+# few decisions with rounds of a second.
+bench_smoke() {
+    CERBERUS_BENCH_SIZE=1000 cargo test --bench snapshot &&
+        cargo test --bench startup -- 2000 &&
+        cargo test --bench socket_load -- --decisions 1000 --seconds 0.2 --connections 2 &&
+        cargo test --bench admin_unban -- 1000 &&
+        cargo test --bench web_decisions -- 1000 &&
+        cargo test --bench soak -- 2000 6 &&
+        bash benches/e2e.sh 100 1 &&
+        ROUND_SECS=1 bash benches/caddy_compare.sh 100 1 &&
+        bash benches/segments_sharing.sh 1000
+}
+
+# The fuzz targets a few seconds each: cargo fuzz (scripts/fuzz.sh, stable toolchain)
+# and go test -fuzz on the module's protocol decoder.
+fuzz_smoke() {
+    bash scripts/fuzz.sh smoke 5 || return 1
+    if [[ -f caddy-module/go.mod ]]; then
+        local t
+        for t in FuzzDecodeRequest FuzzDecodeResponse; do
+            (cd caddy-module && go test -run '^$' -fuzz "^$t\$" -fuzztime 5s -parallel 2 .) || return 1
+        done
+    fi
+}
+
 # --- run -------------------------------------------------------------------------
 
 step "system packages" system_packages
@@ -380,6 +409,8 @@ if [[ -f caddy-module/go.mod ]]; then
 else
     skip "go (caddy-module)" "no caddy-module/go.mod"
 fi
+step "fuzz smoke (cargo fuzz, go test -fuzz; 5 s per target)" fuzz_smoke
+step "bench smoke (every benchmark once, small size)" bench_smoke
 step "schemathesis (docs/admin-api.yaml)" schemathesis_run
 step "browser tests (web console)" browser_test
 step "packaging: .deb contents" bash scripts/test-packaging.sh contents
