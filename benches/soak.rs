@@ -73,7 +73,11 @@ fn main() {
     let n = nums.first().copied().unwrap_or(100_000) as usize;
     let secs = nums.get(1).copied().unwrap_or(1800);
     let every = if secs >= 180 { 60 } else { (secs / 3).max(1) };
-    common::runtime().block_on(soak(n, Duration::from_secs(secs), Duration::from_secs(every)));
+    common::runtime().block_on(soak(
+        n,
+        Duration::from_secs(secs),
+        Duration::from_secs(every),
+    ));
 }
 
 async fn soak(n: usize, total: Duration, every: Duration) {
@@ -122,7 +126,10 @@ async fn soak(n: usize, total: Duration, every: Duration) {
             }
         }
         assert!(daemon.0.try_wait().unwrap().is_none(), "cerberus exited");
-        assert!(started.elapsed() < Duration::from_secs(300), "no startup pull");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no startup pull"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
@@ -185,7 +192,10 @@ async fn soak(n: usize, total: Duration, every: Duration) {
     }
     assert!(row > 0);
     let failures = meter.failures.load(Ordering::Relaxed);
-    assert_eq!(failures, 0, "lookups that failed (connection or protocol errors)");
+    assert_eq!(
+        failures, 0,
+        "lookups that failed (connection or protocol errors)"
+    );
 
     // The churn stops; three update periods later the daemon holds the stand-in's set.
     churn.lock().unwrap().stopped = true;
@@ -193,15 +203,29 @@ async fn soak(n: usize, total: Duration, every: Duration) {
     let (live, gone) = {
         let c = churn.lock().unwrap();
         let live: Vec<Ipv4Addr> = (0..100).map(|i| c.random_active(i * 7919 + 1)).collect();
-        let gone: Vec<Ipv4Addr> = c.deleted.iter().rev().take(100).map(|&a| a.into()).collect();
+        let gone: Vec<Ipv4Addr> = c
+            .deleted
+            .iter()
+            .rev()
+            .take(100)
+            .map(|&a| a.into())
+            .collect();
         (live, gone)
     };
     let mut client = Client::connect(&socket).await.expect("connect");
     for a in &live {
-        assert_eq!(client.lookup(IpAddr::V4(*a)).await, Remediation::Ban, "{a} is banned at LAPI");
+        assert_eq!(
+            client.lookup(IpAddr::V4(*a)).await,
+            Remediation::Ban,
+            "{a} is banned at LAPI"
+        );
     }
     for a in &gone {
-        assert_eq!(client.lookup(IpAddr::V4(*a)).await, Remediation::Allow, "{a} was deleted at LAPI");
+        assert_eq!(
+            client.lookup(IpAddr::V4(*a)).await,
+            Remediation::Allow,
+            "{a} was deleted at LAPI"
+        );
     }
     println!();
     println!(
@@ -395,7 +419,10 @@ impl Client {
         self.id = self.id.wrapping_add(1);
         self.out.clear();
         encode_request(&Request::Lookup { id: self.id, addr }, &mut self.out);
-        self.stream.write_all(&self.out).await.map_err(|e| e.to_string())?;
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| e.to_string())?;
         loop {
             match decode_response(&mut self.input).map_err(|e| format!("{e:?}"))? {
                 Some(Response::Lookup { id, answer }) if id == self.id => {
@@ -405,7 +432,11 @@ impl Client {
                 None => {}
             }
             self.input.reserve(4096);
-            let k = self.stream.read_buf(&mut self.input).await.map_err(|e| e.to_string())?;
+            let k = self
+                .stream
+                .read_buf(&mut self.input)
+                .await
+                .map_err(|e| e.to_string())?;
             if k == 0 {
                 return Err("the daemon closed the connection".into());
             }
@@ -441,7 +472,9 @@ async fn socket_load(
     stop: Arc<AtomicBool>,
     seed: u64,
 ) {
-    let mut client = Client::connect(&socket).await.expect("connect to the socket");
+    let mut client = Client::connect(&socket)
+        .await
+        .expect("connect to the socket");
     let mut tick = tokio::time::interval(Duration::from_millis(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut state = 0x9e37_79b9_7f4a_7c15 ^ (seed + 1);
@@ -454,7 +487,9 @@ async fn socket_load(
             Err(e) => {
                 eprintln!("soak: socket lookup of {addr}: {e}");
                 meter.failures.fetch_add(1, Ordering::Relaxed);
-                client = Client::connect(&socket).await.expect("reconnect to the socket");
+                client = Client::connect(&socket)
+                    .await
+                    .expect("reconnect to the socket");
             }
         }
     }

@@ -9,12 +9,12 @@
 #   cargo test --workspace                         (CrowdSec 1.4.6, Debian's)
 #   the CrowdSec-backed tests again on CrowdSec 1.7.8 (built from the Go module proxy)
 #   gofmt -l, go vet, go test                     (when caddy-module/go.mod exists)
-#   fuzz smoke, bench smoke                        (each fuzz target 5 s, each benchmark
-#                                                   once at a small size)
 #   schemathesis on docs/admin-api.yaml           (scripts/schemathesis.sh)
 #   the web console in chromium                   (scripts/browser-test.sh)
 #   the .deb: build and contents, then dpkg -i on this machine (scripts/test-packaging.sh;
 #   the install part is skipped where systemd is PID 1)
+#   fuzz smoke, bench smoke                        (each fuzz target 5 s, each benchmark
+#                                                   once at a small size)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -362,7 +362,7 @@ browser_test() {
 
 # Every benchmark once at a small size (benches/README.md, "Smoke runs"): the Rust ones
 # built in the test profile (on the dependencies cargo test built), the shell ones on a
-# few decisions with rounds of a second.
+# few decisions with rounds of a second, on the release build of the packaging step.
 bench_smoke() {
     CERBERUS_BENCH_SIZE=1000 cargo test --bench snapshot &&
         cargo test --bench startup -- 2000 &&
@@ -409,8 +409,6 @@ if [[ -f caddy-module/go.mod ]]; then
 else
     skip "go (caddy-module)" "no caddy-module/go.mod"
 fi
-step "fuzz smoke (cargo fuzz, go test -fuzz; 5 s per target)" fuzz_smoke
-step "bench smoke (every benchmark once, small size)" bench_smoke
 step "schemathesis (docs/admin-api.yaml)" schemathesis_run
 step "browser tests (web console)" browser_test
 step "packaging: .deb contents" bash scripts/test-packaging.sh contents
@@ -419,6 +417,9 @@ if [[ -d /run/systemd/system ]]; then
 else
     step "packaging: install" as_root bash scripts/test-packaging.sh install
 fi
+# After packaging: the shell benchmarks run the release daemon that cargo deb built.
+step "fuzz smoke (cargo fuzz, go test -fuzz; 5 s per target)" fuzz_smoke
+step "bench smoke (every benchmark once, small size)" bench_smoke
 print_summary
 say ""
 say "tests: $TESTS_PASSED passed, $TESTS_FAILED failed, $TESTS_SKIPPED skipped"

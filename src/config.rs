@@ -413,7 +413,10 @@ impl Config {
 
     /// YAML `text` (a config file's) plus the given `CERBERUS_*` variables, read without
     /// the file system or the process environment (the config fuzz target's entry).
-    pub fn from_yaml_with_env(text: &str, env: &[(String, String)]) -> Result<Config, Vec<Problem>> {
+    pub fn from_yaml_with_env(
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, Vec<Problem>> {
         Config::from_mapping_with_env(parse_yaml(text)?, env, &[])
     }
 

@@ -24,7 +24,10 @@ fn read(yaml: &str, env: &[(String, String)]) {
             );
             assert!(!c.update_frequency.is_zero());
             if c.api_url.is_some() {
-                assert!(c.api_key.is_some() || c.cert_path.is_some(), "LAPI without a key");
+                assert!(
+                    c.api_key.is_some() || c.cert_path.is_some(),
+                    "LAPI without a key"
+                );
             }
         }
         Err(problems) => {
@@ -47,7 +50,12 @@ fuzz_target!(|data: &[u8]| {
     let env: Vec<(String, String)> = vars
         .lines()
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (format!("CERBERUS_{}", k.to_ascii_uppercase()), v.to_string()))
+        .map(|(k, v)| {
+            (
+                format!("CERBERUS_{}", k.to_ascii_uppercase()),
+                v.to_string(),
+            )
+        })
         .collect();
     read(yaml, &env);
 });

@@ -58,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
     let (whole, seen) = decode(data);
     let (trickled, seen_trickled) = decode(Trickle(data));
     assert_eq!(whole.is_ok(), trickled.is_ok(), "{whole:?} / {trickled:?}");
-    assert!(same(&seen, &seen_trickled), "the decisions differ by read size");
+    assert!(
+        same(&seen, &seen_trickled),
+        "the decisions differ by read size"
+    );
     let Ok(counts) = whole else { return };
     assert_eq!(counts, trickled.unwrap());
     let new = seen.iter().filter(|(l, _)| *l == List::New).count();
