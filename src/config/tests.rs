@@ -399,3 +399,19 @@ fn sizes_and_listeners() {
     assert_eq!(Listen::parse("off"), Ok(Listen::Off));
     assert!(Listen::parse("7420").is_err());
 }
+
+#[test]
+fn an_empty_key_is_named() {
+    // Found by the config fuzz target (fuzz/fuzz_targets/config.rs): `? !!$;A` is a key
+    // that reads as the empty string, and the problem had no key to name.
+    for yaml in ["? !!$;A\n", "\"\": 1\n"] {
+        let problems = load(yaml).unwrap_err();
+        assert_eq!(problems.len(), 1, "{yaml:?}: {problems:?}");
+        assert_eq!(problems[0].key, "\"\"", "{yaml:?}");
+        assert!(
+            problems[0].message.contains("unknown key"),
+            "{}",
+            problems[0]
+        );
+    }
+}
