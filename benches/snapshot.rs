@@ -3,7 +3,11 @@
 //!   (ip_network_table) holding everything, in the same run;
 //! - a 1k-decision delta (500 new, 500 deleted) applied and published on the 1M set.
 //!
-//! Run: `cargo bench --bench snapshot`
+//! Run: `cargo bench --bench snapshot`. Size: `CERBERUS_BENCH_SIZE=100000 cargo bench
+//! --bench snapshot` for another number of single IPs (ranges are 1% of it; the group
+//! names keep saying 1M); an environment variable, since criterion reads every argument
+//! as a filter. The smoke run of scripts/test.sh: `CERBERUS_BENCH_SIZE=1000 cargo bench
+//! --bench snapshot -- --test` (each case once).
 
 use cerberus::decision::{Decision, Target};
 use cerberus::store::Decider;
@@ -13,8 +17,18 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng};
 use std::net::{IpAddr, Ipv4Addr};
 
-const SINGLES: usize = 1_000_000;
-const RANGES: usize = 10_000;
+#[allow(dead_code)]
+mod common;
+
+/// Single IPs in the set (`CERBERUS_BENCH_SIZE`, default 1,000,000; at least 1,000).
+fn singles_n() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| common::size_env(1_000_000).max(1_000))
+}
+
+fn ranges_n() -> usize {
+    singles_n() / 100
+}
 const FAR_FUTURE: u32 = u32::MAX - 1;
 
 fn decision(id: i64, target: Target) -> Decision {
@@ -36,14 +50,14 @@ struct Data {
 fn data() -> Data {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut seen = ahash::AHashSet::new();
-    let mut singles = Vec::with_capacity(SINGLES);
-    while singles.len() < SINGLES {
+    let mut singles = Vec::with_capacity(singles_n());
+    while singles.len() < singles_n() {
         let a: u32 = rng.gen();
         if seen.insert(a) {
             singles.push(a);
         }
     }
-    let ranges = (0..RANGES)
+    let ranges = (0..ranges_n())
         .map(|_| {
             let prefix = rng.gen_range(16..=28u8);
             let addr: u32 = rng.gen::<u32>() & (u32::MAX << (32 - prefix));
@@ -70,10 +84,10 @@ fn lookups(c: &mut Criterion) {
     }
     for (i, &(a, p)) in data.ranges.iter().enumerate() {
         let net: IpNet = format!("{}/{p}", Ipv4Addr::from(a)).parse().unwrap();
-        writer.insert(&decision((SINGLES + i) as i64, Target::from_net(net)));
+        writer.insert(&decision((singles_n() + i) as i64, Target::from_net(net)));
         trie.insert(
             ip_network::Ipv4Network::new(Ipv4Addr::from(a), p).unwrap(),
-            (SINGLES + i) as u32,
+            (singles_n() + i) as u32,
         );
     }
     let snap = writer.publish();
@@ -93,7 +107,7 @@ fn lookups(c: &mut Criterion) {
     let queries: Vec<IpAddr> = (0..1 << 16)
         .map(|i| {
             let a = if i % 2 == 0 {
-                data.singles[rng.gen_range(0..SINGLES)]
+                data.singles[rng.gen_range(0..singles_n())]
             } else {
                 rng.gen()
             };
@@ -176,7 +190,7 @@ fn lookups(c: &mut Criterion) {
 
     // A 1k delta on the 1M set: 500 new IPs, 500 deleted, published.
     let mut churn = Churn {
-        next_id: (SINGLES + RANGES) as i64,
+        next_id: (singles_n() + ranges_n()) as i64,
         live: std::collections::VecDeque::new(),
         rng: rand::rngs::StdRng::seed_from_u64(13),
     };

@@ -7,11 +7,13 @@
 //! cargo bench --bench socket_load                        # daemon started in-process
 //! cargo bench --bench socket_load -- --socket /path/cerberus.sock --seconds 5
 //! cargo bench --bench socket_load -- --connections 8,32 --depth 4
+//! cargo bench --bench socket_load -- --decisions 1000 --seconds 0.2 --connections 2
 //! ```
 //!
 //! Without `--socket`, a standalone cerberus is started in this process (its socket
-//! served on its own thread, as in production) holding 100k single-IP bans and 1k
-//! ranges; half the lookups hit. The load generator runs on one current-thread runtime.
+//! served on its own thread, as in production) holding `--decisions` single-IP bans
+//! (default 100k; `CERBERUS_BENCH_SIZE` also sets it) and 1k ranges; half the lookups
+//! hit. The load generator runs on one current-thread runtime.
 
 use bouncer_api::{decode_response, encode_request, Request, Response};
 use bytes::BytesMut;
@@ -23,10 +25,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const BANNED: u32 = 100_000;
+#[allow(dead_code)]
+mod common;
+
+/// How many single-IP bans the in-process daemon holds (`--decisions`).
+static BANNED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 fn banned_ip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a00_0000 + (i % BANNED) * 3)
+    Ipv4Addr::from(0x0a00_0000 + (i % BANNED.get().copied().unwrap_or(1)) * 3)
 }
 
 fn main() {
@@ -37,6 +43,11 @@ fn main() {
             .and_then(|i| args.get(i + 1).cloned())
     };
     let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let decisions = match arg("--decisions") {
+        Some(d) => d.parse().expect("--decisions takes a number"),
+        None => common::size_env(100_000) as u32,
+    };
+    BANNED.set(decisions.max(1)).unwrap();
     // Rows as connections x lookups in flight per connection (written in one batch).
     let rows: Vec<(usize, usize)> = match arg("--connections") {
         Some(list) => {
@@ -98,7 +109,7 @@ async fn start_daemon(dir: &std::path::Path) -> cerberus::app::Running {
     let app = cerberus::app::start(config).await.expect("start cerberus");
     let expires = cerberus::clock::now_secs_precise() + 86_400;
     let mut w = Vec::new();
-    for i in 0..BANNED {
+    for i in 0..*BANNED.get().unwrap() {
         w.push(Decision {
             id: i as i64 + 1,
             target: Target::from_ip(IpAddr::V4(banned_ip(i))),

@@ -6,6 +6,9 @@
 //!
 //! It prints a Markdown table for benches/README.md.
 
+#[allow(dead_code)]
+mod common;
+
 use cerberus::decision::Remediation;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -107,10 +110,7 @@ async fn serve(path: std::path::PathBuf) -> String {
 }
 
 fn main() {
-    let total: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+    let total = common::size_arg(1_000_000);
     let work = tempfile::tempdir().unwrap();
     let body = work.path().join("startup.json");
     let t = Instant::now();
@@ -129,12 +129,13 @@ fn main() {
     rt.block_on(async {
         let url = serve(body.clone()).await;
         let data = work.path().join("data");
+        // The socket and listeners in the bench's own directory and ports, not the
+        // defaults (./cerberus-data/cerberus.sock, 127.0.0.1:7420 and :8088).
         let config = cerberus::config::Config {
-            data_dir: data.clone(),
             api_url: vec![url],
             api_key: Some("bench".into()),
             update_frequency: Duration::from_secs(3600),
-            ..Default::default()
+            ..common::standalone_config(&data)
         };
         let base_rss = rss_kib();
         let started = Instant::now();

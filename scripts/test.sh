@@ -13,6 +13,8 @@
 #   the web console and captcha in chromium       (scripts/browser-test.sh)
 #   the .deb: build and contents, then dpkg -i on this machine (scripts/test-packaging.sh;
 #   the install part is skipped where systemd is PID 1)
+#   fuzz smoke, bench smoke                        (each fuzz target 5 s, each benchmark
+#                                                   once at a small size)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -364,6 +366,35 @@ browser_test() {
     return "$rc"
 }
 
+# Every benchmark once at a small size (benches/README.md, "Smoke runs"): the Rust ones
+# built in the test profile (on the dependencies cargo test built), the shell ones on a
+# few decisions with rounds of a second, on the release build of the packaging step.
+bench_smoke() {
+    CERBERUS_BENCH_SIZE=1000 cargo test --bench snapshot &&
+        cargo test --bench startup -- 2000 &&
+        cargo test --bench socket_load -- --decisions 1000 --seconds 0.2 --connections 2 &&
+        cargo test --bench admin_unban -- 1000 &&
+        cargo test --bench web_decisions -- 1000 &&
+        cargo test --bench soak -- 2000 6 &&
+        cargo test --bench segments_unban -- 1000 &&
+        bash benches/e2e.sh 100 1 &&
+        ROUND_SECS=1 ROUNDS=1 bash benches/caddy_compare.sh 100 &&
+        bash benches/segments_sharing.sh 1000 &&
+        bash benches/appsec.sh 1
+}
+
+# The fuzz targets a few seconds each: cargo fuzz (scripts/fuzz.sh, stable toolchain)
+# and go test -fuzz on the module's protocol decoder.
+fuzz_smoke() {
+    bash scripts/fuzz.sh smoke 5 || return 1
+    if [[ -f caddy-module/go.mod ]]; then
+        local t
+        for t in FuzzDecodeRequest FuzzDecodeResponse; do
+            (cd caddy-module && go test -run '^$' -fuzz "^$t\$" -fuzztime 5s -parallel 2 .) || return 1
+        done
+    fi
+}
+
 # --- run -------------------------------------------------------------------------
 
 step "system packages" system_packages
@@ -395,6 +426,9 @@ if [[ -d /run/systemd/system ]]; then
 else
     step "packaging: install" as_root bash scripts/test-packaging.sh install
 fi
+# After packaging: the shell benchmarks run the release daemon that cargo deb built.
+step "fuzz smoke (cargo fuzz, go test -fuzz; 5 s per target)" fuzz_smoke
+step "bench smoke (every benchmark once, small size)" bench_smoke
 print_summary
 say ""
 say "tests: $TESTS_PASSED passed, $TESTS_FAILED failed, $TESTS_SKIPPED skipped"

@@ -421,7 +421,7 @@ impl Config {
         env: &[(String, String)],
         checks: &[Check],
     ) -> Result<Config, Vec<Problem>> {
-        let mut map = match path {
+        let map = match path {
             None => Mapping::new(),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
@@ -433,6 +433,23 @@ impl Config {
                 parse_yaml(&text)?
             }
         };
+        Config::from_mapping_with_env(map, env, checks)
+    }
+
+    /// YAML `text` (a config file's) plus the given `CERBERUS_*` variables, read without
+    /// the file system or the process environment (the config fuzz target's entry).
+    pub fn from_yaml_with_env(
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, Vec<Problem>> {
+        Config::from_mapping_with_env(parse_yaml(text)?, env, &[])
+    }
+
+    fn from_mapping_with_env(
+        mut map: Mapping,
+        env: &[(String, String)],
+        checks: &[Check],
+    ) -> Result<Config, Vec<Problem>> {
         for (name, value) in env {
             let Some(key) = name.strip_prefix("CERBERUS_") else {
                 continue;

@@ -5,12 +5,24 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-/// The first numeric argument (`cargo bench --bench NAME -- 100000`), else `default`.
+/// The first numeric argument (`cargo bench --bench NAME -- 100000`), else
+/// [`size_env`].
 pub fn size_arg(default: usize) -> usize {
     std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(default)
+        .unwrap_or_else(|| size_env(default))
+}
+
+/// `CERBERUS_BENCH_SIZE` (how criterion benchmarks, whose arguments are filters, take
+/// their size), else `default`. A value that is not a number stops the benchmark.
+pub fn size_env(default: usize) -> usize {
+    match std::env::var("CERBERUS_BENCH_SIZE") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("CERBERUS_BENCH_SIZE={v:?} is not a number")),
+        Err(_) => default,
+    }
 }
 
 /// A two-worker runtime, as the daemon runs on this 2-core machine.

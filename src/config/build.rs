@@ -10,6 +10,8 @@ impl Reader {
         for k in self.map.keys() {
             match k.as_str() {
                 Some(name) if KEYS.iter().any(|(known, _)| *known == name) => {}
+                // An empty key (`"": 1`, or a tag alone as a key) is named as `""`.
+                Some("") => unknown.push("\"\"".to_string()),
                 Some(name) => unknown.push(name.to_string()),
                 None => unknown.push(format!("{k:?}")),
             }

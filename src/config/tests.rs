@@ -480,3 +480,19 @@ fn captcha_keys_and_their_problems() {
     let problems = load("captcha_site_key: x\n").unwrap_err();
     assert_eq!(problems[0].key, "captcha_provider");
 }
+
+#[test]
+fn an_empty_key_is_named() {
+    // Found by the config fuzz target (fuzz/fuzz_targets/config.rs): `? !!$;A` is a key
+    // that reads as the empty string, and the problem had no key to name.
+    for yaml in ["? !!$;A\n", "\"\": 1\n"] {
+        let problems = load(yaml).unwrap_err();
+        assert_eq!(problems.len(), 1, "{yaml:?}: {problems:?}");
+        assert_eq!(problems[0].key, "\"\"", "{yaml:?}");
+        assert!(
+            problems[0].message.contains("unknown key"),
+            "{}",
+            problems[0]
+        );
+    }
+}
