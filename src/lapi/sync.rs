@@ -150,6 +150,8 @@ pub struct SyncSettings {
     pub stale_after: Duration,
     pub policy: UnreachablePolicy,
     pub retry_max: Duration,
+    /// A full pull at least this often (see `Config::full_resync_interval`).
+    pub full_resync: Duration,
     pub filters: Arc<Filters>,
 }
 
@@ -160,6 +162,7 @@ impl SyncSettings {
             stale_after: c.stale_after,
             policy: c.on_lapi_unreachable,
             retry_max: c.lapi_retry_max,
+            full_resync: c.full_resync_interval,
             filters: Arc::new(Filters {
                 types: c.supported_decisions_types.clone(),
                 origins: c.origins.clone(),
@@ -231,6 +234,7 @@ impl Syncer {
         let mut need_full = true;
         let mut failures: u32 = 0;
         let mut last_purge = Instant::now();
+        let mut last_full = Instant::now();
         if let Some(client) = &self.client {
             info!(
                 "[CROWDSEC_STARTUP] starting decision sync with LAPI at {} every {:?}",
@@ -257,6 +261,11 @@ impl Syncer {
                 need_full = true;
                 self.purge_hold = true;
             }
+            // LAPI's deltas can miss decisions written while it answered a pull (the
+            // cursor moves past rows not yet committed): a full pull now and then heals it.
+            if last_full.elapsed() >= self.settings.full_resync {
+                need_full = true;
+            }
             let answering = std::mem::take(&mut self.waiting);
             let full = need_full;
             let outcome = match self.pull_serving(full, &mut shutdown).await {
@@ -272,6 +281,9 @@ impl Syncer {
                     // Decisions held out of a full pull are confirmed by the next one.
                     need_full = !self.held.is_empty();
                     self.purge_hold &= !full;
+                    if full {
+                        last_full = Instant::now();
+                    }
                     failures = 0;
                     last_ok = Some(Instant::now());
                     if self.decider.outage().is_some() {
