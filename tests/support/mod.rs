@@ -4,8 +4,10 @@
 pub mod admin;
 pub mod caddy;
 pub mod capi;
+pub mod daemon;
 pub mod engine;
 pub mod engine_env;
+pub mod gate;
 pub mod lapi;
 pub mod managed_engine;
 pub mod mmdb;
