@@ -100,6 +100,12 @@ enum Mode {
 }
 
 impl super::DecisionSink for Sink {
+    fn answered(&mut self) {
+        // Expiries are `now + duration`: a pull that waited long for its answer (a busy
+        // LAPI, a slow proxy) would otherwise end every decision early by that wait.
+        self.now_ms = clock::now_ms();
+    }
+
     fn take(&mut self, list: List, raw: RawDecision) {
         let value = raw.value.clone();
         let outcome = match list {

@@ -23,6 +23,8 @@ pub struct Gate {
     pub startups_done: Arc<AtomicUsize>,
     /// Stream pulls with `startup=true` let through (answered or not).
     pub startups_begun: Arc<AtomicUsize>,
+    /// Requests read, whether held at the gate or let through.
+    pub arrived: Arc<AtomicUsize>,
 }
 
 impl Gate {
@@ -38,15 +40,20 @@ impl Gate {
             closed: tokio::sync::Mutex::new(Some(closed)),
             startups_done: Arc::default(),
             startups_begun: Arc::default(),
+            arrived: Arc::default(),
         };
         let upstream = upstream.to_string();
-        let (done, begun) = (gate.startups_done.clone(), gate.startups_begun.clone());
+        let counters = [
+            gate.startups_done.clone(),
+            gate.startups_begun.clone(),
+            gate.arrived.clone(),
+        ];
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let (lock, upstream) = (lock.clone(), upstream.clone());
-                let (done, begun) = (done.clone(), begun.clone());
+                let counters = counters.clone();
                 tokio::spawn(async move {
-                    forward(sock, &upstream, &lock, &done, &begun).await;
+                    forward(sock, &upstream, &lock, &counters).await;
                 });
             }
         });
@@ -71,12 +78,12 @@ async fn forward(
     mut sock: TcpStream,
     upstream: &str,
     lock: &RwLock<()>,
-    done: &AtomicUsize,
-    begun: &AtomicUsize,
+    [done, begun, arrived]: &[Arc<AtomicUsize>; 3],
 ) {
     let Some(head) = super::read_head(&mut sock).await else {
         return;
     };
+    arrived.fetch_add(1, Ordering::SeqCst);
     let _pass = lock.read().await;
     let startup = head.lines().next().unwrap_or("").contains("startup=true");
     if startup {
