@@ -34,7 +34,7 @@ CS_MODERN_BIN="$REPO_ROOT/.cache/crowdsec-$CS_MODERN/root/usr/bin/crowdsec"
 # The test binaries that run a real CrowdSec (LAPI, agent, cscli): run once per version.
 CROWDSEC_TESTS=(admin_lapi cli cli_admin console engine_capi engine_e2e engine_hub engine_mode
     engine_supervisor lapi_harness lapi_sync lapi_watcher module_caddy_e2e serve_caddy_e2e
-    usage_metrics)
+    usage_metrics reconcile crash_rounds)
 
 QUICK=false
 
