@@ -150,7 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     _ => None,
                 };
                 if !config.usage_metrics_interval.is_zero() {
-                    let usage = crate::usage::run(
+                    let usage = crate::lapi::usage::run(
                         client.clone(),
                         decider.clone(),
                         config.usage_metrics_interval,
@@ -196,7 +196,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
     // The doors. A failure here stops what was started before returning the error.
-    let ready = Readiness::new(config.standalone() || !snap.is_empty(), stats.clone());
+    let ready = Readiness::new(
+        config.standalone() || !snap.is_empty(),
+        stats.first_sync_done.clone(),
+    );
     let mut threads = Vec::new();
     let mut running = Running {
         config: config.clone(),

@@ -11,7 +11,11 @@
 //!   the HTTP endpoint for Caddy's `forward_auth`, and the snapshot segments the Caddy
 //!   module maps (`serve::segments`, layout in `bouncer-api/SNAPSHOT.md`).
 //! - [`control`]: unban, delete, local bans and "pull now", sent to the writer's owner.
-//! - [`usage`]: usage metrics (requests processed and dropped) pushed to LAPI.
+//! - [`usage`]: the doors' usage counters (requests processed, and dropped by origin and
+//!   remediation), a leaf held by the store's decider; `lapi::usage` pushes them to LAPI.
+//! - [`ready`]: readiness, a leaf flag the sync loop sets on its first pull and the doors
+//!   read. Data flows one way, LAPI -> store -> snapshot -> doors: [`store`] and
+//!   [`serve`] import nothing from [`lapi`] (checked by `tests/layers.rs`).
 //! - [`admin`]: the admin HTTP API; [`cli`]: the commands that call it.
 //! - [`web`]: the web console on the admin listener at `/`; its pages call [`admin`]'s
 //!   handlers.
@@ -44,6 +48,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod persist;
+pub mod ready;
 pub mod secure_file;
 pub mod serve;
 pub mod store;

@@ -403,14 +403,7 @@ pub struct ActiveCounts {
     pub by_usage_origin: BTreeMap<String, u64>,
 }
 
-/// The origin label of usage metrics: blocklists are told apart by their scenario.
-pub fn usage_origin<'a>(origin: &'a str, scenario: &str) -> std::borrow::Cow<'a, str> {
-    if origin == "lists" && !scenario.is_empty() {
-        std::borrow::Cow::Owned(format!("lists:{scenario}"))
-    } else {
-        std::borrow::Cow::Borrowed(origin)
-    }
-}
+pub use crate::usage::usage_origin;
 
 /// Counts the decisions of `snapshot` unexpired at unix second `now`. One pass, keyed by
 /// the decision's shared metadata (a few entries however many decisions).

@@ -1,37 +1,36 @@
-//! Usage metrics for CrowdSec: what the doors did, pushed to LAPI as
-//! `POST /v1/usage-metrics` (CrowdSec 1.6.3 and later show them in `cscli metrics` and
-//! the console).
+//! The doors' usage counters (a leaf: no I/O, no imports from the rest of the crate):
+//! requests looked up, and requests refused by (origin, remediation). The store's
+//! [`Decider`](crate::store::Decider) holds one [`Usage`], so every door reaches it
+//! through `decider.usage()`; the pusher in [`crate::lapi::usage`] reads its
+//! [`Usage::totals`] and sends the differences to LAPI, `/metrics` and the web console
+//! read the same totals.
 //!
-//! The doors feed [`Usage`] (kept in the [`Decider`], so every door has it): every
-//! lookup is one relaxed atomic add; only a blocked answer takes a short lock to count
-//! it by (origin, remediation). [`run`] sends, every `usage_metrics_interval`, the
-//! differences since the last accepted push, so a push that fails is carried by the
-//! next one. Blocklist decisions are reported as origin `lists:<scenario>`, the way
-//! CrowdSec's own bouncers tell lists apart; a fail-closed ban (LAPI stale under
-//! `on_lapi_unreachable: closed`) as origin `fail_closed`.
+//! How a door counts a request:
+//! - every request it answered (allowed, bypassed or refused): [`Usage::add_processed`]
+//!   (or [`Usage::add_processed_n`] for a batch reported by the Caddy module);
+//! - every request it refused or challenged: [`Usage::add_dropped`]`(origin, scenario,
+//!   remediation)` (or [`Usage::add_dropped_n`]). `origin` is the decision's origin
+//!   (`crowdsec`, `cscli`, `CAPI`, `lists` with the list's `scenario`, which is reported
+//!   as `lists:<scenario>` the way CrowdSec's own bouncers tell lists apart), or one of
+//!   the origins of this module for a refusal that no decision made: [`FAIL_CLOSED_ORIGIN`]
+//!   (a ban of `on_lapi_unreachable: closed` while LAPI is stale) and [`APPSEC_ORIGIN`]
+//!   (a request the AppSec engine blocked); `scenario` is `""` for all but `lists`.
+//!   `remediation` is what the client got: `ban`, `captcha` (a challenge shown), and so
+//!   on.
 //!
-//! LAPI before 1.6.3 (Debian's 1.4.6) has no such route and answers 404: that is logged
-//! once at info level and counted (`outcome="not_found"`); cerberus keeps trying quietly
-//! at the same interval (so an upgraded LAPI gets metrics without a restart) and drops
-//! the counts of such windows instead of piling them up.
+//! Every processed request is one relaxed atomic add; only a refused one takes a short
+//! lock to count it by (origin, remediation), with at most 256 distinct pairs (more are
+//! counted as (`other`, `other`)).
 
-use crate::clock;
-use crate::lapi::LapiClient;
-use crate::store::Decider;
-use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use std::sync::Mutex;
 
-/// `name` of the component in the pushed metrics.
-pub const COMPONENT_NAME: &str = "cerberus";
-/// `type` of the component in the pushed metrics.
-pub const COMPONENT_TYPE: &str = "crowdsec-caddy-bouncer";
 /// Origin reported for the bans of `on_lapi_unreachable: closed`.
 pub const FAIL_CLOSED_ORIGIN: &str = "fail_closed";
+/// Origin reported for the requests the AppSec engine blocked.
+pub const APPSEC_ORIGIN: &str = "appsec";
 /// Distinct (origin, remediation) pairs counted; more are counted as ("other", "other").
 const MAX_DROPPED_KEYS: usize = 256;
 
@@ -103,7 +102,7 @@ impl Usage {
         let (origin, remediation) = if list.len() >= MAX_DROPPED_KEYS {
             ("other".into(), "other")
         } else {
-            (crate::metrics::usage_origin(origin, scenario), remediation)
+            (usage_origin(origin, scenario), remediation)
         };
         match list
             .iter_mut()
@@ -118,6 +117,7 @@ impl Usage {
         }
     }
 
+    /// What was counted since start (the pusher sends differences of these).
     pub fn totals(&self) -> Totals {
         let processed = self.processed.load(Ordering::Relaxed);
         let list = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,263 +131,13 @@ impl Usage {
     }
 }
 
-/// The OS name and version from `/etc/os-release` (`ID`, `VERSION_ID`), else `linux` and
-/// the kernel release.
-pub fn os_info() -> (String, String) {
-    let text = std::fs::read_to_string("/etc/os-release")
-        .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
-        .unwrap_or_default();
-    let field = |key: &str| {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().trim_matches('"').trim_matches('\'').to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let name = field("ID").unwrap_or_else(|| std::env::consts::OS.to_string());
-    let version = field("VERSION_ID").unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into())
-    });
-    (name, version)
-}
-
-/// The body of one push: counters as differences from `sent`, active decisions as they
-/// are now.
-pub fn body(
-    now: &Totals,
-    sent: &Totals,
-    active_by_origin: &BTreeMap<String, u64>,
-    startup_ts: u64,
-    window_secs: u64,
-    now_ts: u64,
-    os: &(String, String),
-) -> Value {
-    let mut items = vec![json!({
-        "name": "processed",
-        "value": now.processed.saturating_sub(sent.processed),
-        "unit": "request",
-    })];
-    for ((origin, remediation), &n) in &now.dropped {
-        let before = sent
-            .dropped
-            .get(&(origin.clone(), remediation.clone()))
-            .copied()
-            .unwrap_or(0);
-        let diff = n.saturating_sub(before);
-        if diff > 0 {
-            items.push(json!({
-                "name": "dropped",
-                "value": diff,
-                "unit": "request",
-                "labels": {"origin": origin, "remediation": remediation},
-            }));
-        }
+/// The origin label of usage metrics: blocklists are told apart by their scenario.
+pub fn usage_origin<'a>(origin: &'a str, scenario: &str) -> Cow<'a, str> {
+    if origin == "lists" && !scenario.is_empty() {
+        Cow::Owned(format!("lists:{scenario}"))
+    } else {
+        Cow::Borrowed(origin)
     }
-    for (origin, &n) in active_by_origin {
-        items.push(json!({
-            "name": "active_decisions",
-            "value": n,
-            "unit": "ip",
-            "labels": {"origin": origin},
-        }));
-    }
-    json!({
-        "remediation_components": [{
-            "name": COMPONENT_NAME,
-            "type": COMPONENT_TYPE,
-            "version": env!("CARGO_PKG_VERSION"),
-            "utc_startup_timestamp": startup_ts,
-            "feature_flags": [],
-            "os": {"name": os.0, "version": os.1},
-            "metrics": [{
-                "meta": {
-                    "window_size_seconds": window_secs.max(1),
-                    "utc_now_timestamp": now_ts,
-                },
-                "items": items,
-            }],
-        }]
-    })
-}
-
-/// How one push ended, as the `outcome` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    NotFound,
-    Connect,
-    Timeout,
-    Status4xx,
-    Status5xx,
-    Other,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::NotFound => "not_found",
-            Outcome::Connect => "connect",
-            Outcome::Timeout => "timeout",
-            Outcome::Status4xx => "status_4xx",
-            Outcome::Status5xx => "status_5xx",
-            Outcome::Other => "other",
-        }
-    }
-}
-
-/// Sends usage metrics to one LAPI; keeps what was last accepted.
-pub struct Pusher {
-    client: LapiClient,
-    decider: Arc<Decider>,
-    os: (String, String),
-    startup_ts: u64,
-    /// Totals at the last accepted (or 404-dropped) push, and when it was.
-    sent: Totals,
-    sent_ts: u64,
-    not_found_logged: bool,
-}
-
-fn now_ts() -> u64 {
-    (clock::now_ms().max(0) / 1000) as u64
-}
-
-impl Pusher {
-    /// Counts from now: the startup time reported is this call's.
-    pub fn new(client: LapiClient, decider: Arc<Decider>) -> Pusher {
-        let ts = now_ts();
-        Pusher {
-            client,
-            decider,
-            os: os_info(),
-            startup_ts: ts,
-            sent: Totals::default(),
-            sent_ts: ts,
-            not_found_logged: false,
-        }
-    }
-
-    /// One push; returns how it ended (already logged and counted).
-    pub async fn push_once(&mut self) -> Outcome {
-        let totals = self.decider.usage().totals();
-        let active = crate::metrics::active_counts(&self.decider);
-        let now = now_ts();
-        let body = body(
-            &totals,
-            &self.sent,
-            &active.by_usage_origin,
-            self.startup_ts,
-            now.saturating_sub(self.sent_ts),
-            now,
-            &self.os,
-        );
-        let url = format!("{}/v1/usage-metrics", self.client.url());
-        let sent = self
-            .client
-            .http()
-            .post(&url)
-            .json(&body)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await;
-        let outcome = match sent {
-            Ok(resp) if resp.status().is_success() => {
-                if self.not_found_logged {
-                    info!("LAPI accepts usage metrics now; sending them every interval");
-                    self.not_found_logged = false;
-                }
-                debug!(
-                    "usage metrics sent to LAPI ({} requests processed in the window)",
-                    totals.processed.saturating_sub(self.sent.processed)
-                );
-                Outcome::Ok
-            }
-            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
-                if !self.not_found_logged {
-                    info!(
-                        "LAPI at {} does not accept usage metrics (HTTP 404 on /v1/usage-metrics; CrowdSec before 1.6.3); \
-                         trying again quietly every interval, set usage_metrics_interval: 0s to stop",
-                        self.client.url()
-                    );
-                    self.not_found_logged = true;
-                }
-                Outcome::NotFound
-            }
-            Ok(resp) => {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                let snippet = bouncer_api::truncate_utf8(text.trim(), 200);
-                let said = if snippet.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({snippet})")
-                };
-                warn!("usage metrics push to {url} failed: HTTP {status}{said}; the counts go with the next push");
-                if status.is_server_error() {
-                    Outcome::Status5xx
-                } else {
-                    Outcome::Status4xx
-                }
-            }
-            Err(e) => {
-                let outcome = if e.is_timeout() {
-                    Outcome::Timeout
-                } else if e.is_connect() {
-                    Outcome::Connect
-                } else {
-                    Outcome::Other
-                };
-                warn!(
-                    "usage metrics push to {url} failed ({}): {}; the counts go with the next push",
-                    outcome.as_str(),
-                    root_cause(&e)
-                );
-                outcome
-            }
-        };
-        if matches!(outcome, Outcome::Ok | Outcome::NotFound) {
-            self.sent = totals;
-            self.sent_ts = now;
-        }
-        metrics::counter!(crate::metrics::USAGE_PUSHES, "outcome" => outcome.as_str()).increment(1);
-        outcome
-    }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur: &dyn std::error::Error = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
-/// Pushes every `interval` until `shutdown` turns true (the first push after one
-/// interval).
-pub async fn run(
-    client: LapiClient,
-    decider: Arc<Decider>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut pusher = Pusher::new(client, decider);
-    info!(
-        "sending usage metrics to LAPI every {}",
-        humantime::format_duration(interval)
-    );
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => break,
-        }
-        tokio::select! {
-            _ = pusher.push_once() => {}
-            _ = shutdown.changed() => break,
-        }
-    }
-    debug!("usage metrics loop stopped");
 }
 
 #[cfg(test)]
@@ -428,37 +178,5 @@ mod tests {
         let t = u.totals();
         assert_eq!(t.dropped.len(), MAX_DROPPED_KEYS + 1);
         assert_eq!(t.dropped[&("other".into(), "other".into())], 50);
-    }
-
-    #[test]
-    fn body_carries_differences() {
-        let mut sent = Totals {
-            processed: 10,
-            ..Totals::default()
-        };
-        sent.dropped.insert(("cscli".into(), "ban".into()), 4);
-        let mut now = sent.clone();
-        now.processed = 15;
-        now.dropped.insert(("cscli".into(), "ban".into()), 6);
-        now.dropped.insert(("crowdsec".into(), "captcha".into()), 1);
-        let active = [("cscli".to_string(), 7u64)].into_iter().collect();
-        let os = ("debian".to_string(), "12".to_string());
-        let b = body(&now, &sent, &active, 100, 60, 160, &os);
-        let items = &b["remediation_components"][0]["metrics"][0]["items"];
-        assert_eq!(
-            items,
-            &json!([
-                {"name": "processed", "value": 5, "unit": "request"},
-                {"name": "dropped", "value": 1, "unit": "request",
-                 "labels": {"origin": "crowdsec", "remediation": "captcha"}},
-                {"name": "dropped", "value": 2, "unit": "request",
-                 "labels": {"origin": "cscli", "remediation": "ban"}},
-                {"name": "active_decisions", "value": 7, "unit": "ip",
-                 "labels": {"origin": "cscli"}},
-            ])
-        );
-        let meta = &b["remediation_components"][0]["metrics"][0]["meta"];
-        assert_eq!(meta["window_size_seconds"], 60);
-        assert_eq!(meta["utc_now_timestamp"], 160);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod stream;
 pub mod sync;
+pub mod usage;
 pub mod watcher;
 
 use crate::config::Config;

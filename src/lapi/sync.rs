@@ -21,7 +21,7 @@ use crate::store::Snapshot;
 use crate::store::{Decider, UnreachablePolicy, Writer};
 use rand::Rng;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,7 +41,8 @@ pub struct SyncStats {
     /// Unix ms of the last failed pull; 0 before the first.
     pub last_failure_ms: AtomicI64,
     pub last_duration_ms: AtomicU64,
-    pub first_sync_done: AtomicBool,
+    /// Set by the first successful pull; the doors read it as [`crate::ready::Readiness`].
+    pub first_sync_done: crate::ready::FirstSync,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     last_error: Mutex<Option<String>>,
     last_reason: Mutex<Option<&'static str>>,

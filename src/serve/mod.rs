@@ -10,35 +10,9 @@ pub mod socket;
 mod stall;
 
 use crate::decision::Remediation;
-use crate::lapi::sync::SyncStats;
+pub use crate::ready::Readiness;
 use crate::store::{Hit, Source};
 use bouncer_api::{Flags, LookupAnswer, Status};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-/// Whether the daemon has a decision set yet: standalone mode, a persisted snapshot, or
-/// a first successful pull. Lookups before that answer with status `not_ready`.
-#[derive(Clone)]
-pub struct Readiness {
-    at_start: bool,
-    stats: Arc<SyncStats>,
-}
-
-impl Readiness {
-    pub fn new(at_start: bool, stats: Arc<SyncStats>) -> Readiness {
-        Readiness { at_start, stats }
-    }
-
-    /// Always ready (tests, standalone tools).
-    pub fn ready() -> Readiness {
-        Readiness::new(true, Arc::default())
-    }
-
-    #[inline]
-    pub fn get(&self) -> bool {
-        self.at_start || self.stats.first_sync_done.load(Ordering::Relaxed)
-    }
-}
 
 /// The wire remediation for a decision's remediation.
 pub fn wire_remediation(r: Remediation) -> bouncer_api::Remediation {
