@@ -10,8 +10,9 @@
 //! gate was open. LAPI is changed only while the gate is closed (no pull in flight), so
 //! those sets are exactly the ones the test records: the empty set (a fresh data
 //! directory), then LAPI's active set after each change. Equal means the same ids, and
-//! for each the same value, type and expiry (within a second plus the time LAPI took to
-//! answer the test), among the decisions that are still at least 3 s from expiry on both
+//! for each the same value, type and expiry (within a second, plus the time LAPI took to
+//! answer the test and the longest pull the daemon logged: each side counts LAPI's
+//! durations from its own request), among the decisions that are still at least 3 s from expiry on both
 //! sides (the persisted set is read later than it was written, so short ones may have
 //! expired meanwhile). A half-written delta or full replace would give a set that is
 //! none of them: part of a batch added, or part of a bulk delete.
@@ -29,6 +30,7 @@ mod support;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,8 +39,8 @@ use support::gate::Gate;
 use support::lapi::Lapi;
 
 const ROUNDS: usize = 20;
-const BASE: usize = 20_000;
-const PER_ROUND: usize = 5_000;
+const BASE: usize = 12_000;
+const PER_ROUND: usize = 3_000;
 const RUST_LOG: &str = "info,cerberus::persist=debug";
 
 fn seed() -> u64 {
@@ -68,7 +70,13 @@ fn import(lapi: &Lapi, dir: &Path, octet: usize, n: usize, rng: &mut StdRng) {
             format!("{}m", rng.gen_range(60..=240))
         };
         let kind = if rng.gen_bool(0.1) { "captcha" } else { "ban" };
-        writeln!(f, "{duration},{kind},10.{octet}.{}.{},crash", i >> 8, i & 255).unwrap();
+        writeln!(
+            f,
+            "{duration},{kind},10.{octet}.{}.{},crash",
+            i >> 8,
+            i & 255
+        )
+        .unwrap();
     }
     f.flush().unwrap();
     drop(f);
@@ -76,11 +84,23 @@ fn import(lapi: &Lapi, dir: &Path, octet: usize, n: usize, rng: &mut StdRng) {
     lapi.cscli(&["decisions", "import", "-i", file, "--scope", "Ip"]);
 }
 
-/// One change to LAPI: a new batch, and the bulk delete of the batch two rounds back.
-fn change(lapi: &Lapi, dir: &Path, octet: usize, rng: &mut StdRng, states: &mut Vec<State>) {
+/// Batches kept in LAPI besides the base one; older ones are deleted in bulk.
+const KEPT: usize = 3;
+
+/// One change to LAPI: a new batch, and the bulk delete of the oldest one kept
+/// (`batches` holds the second octets of those in LAPI).
+fn change(
+    lapi: &Lapi,
+    dir: &Path,
+    octet: usize,
+    rng: &mut StdRng,
+    batches: &mut VecDeque<usize>,
+    states: &mut Vec<State>,
+) {
     import(lapi, dir, octet, PER_ROUND, rng);
-    if octet >= 3 && octet < 100 {
-        let old = format!("10.{}.0.0/16", octet - 2);
+    batches.push_back(octet);
+    if batches.len() > KEPT {
+        let old = format!("10.{}.0.0/16", batches.pop_front().unwrap());
         lapi.cscli(&["decisions", "delete", "--range", &old, "--contained"]);
     }
     let (set, took) = lapi_active(lapi, &lapi.bouncer_key);
@@ -95,13 +115,25 @@ fn live(set: &Set, now: f64) -> Set {
         .collect()
 }
 
-/// The index of the recorded state the daemon's set equals, if any.
-fn matching(held: &Set, states: &[State]) -> Option<usize> {
+/// The index of the recorded state the daemon's set equals, if any. `pull_secs`: the
+/// longest pull the daemon logged (its expiries are LAPI's durations counted from the
+/// moment the answer began, so they are as uncertain as its pulls are long).
+fn matching(held: &Set, states: &[State], pull_secs: f64) -> Option<usize> {
     let now = unix_now();
     let held = live(held, now);
     states
         .iter()
-        .rposition(|s| differences(&held, &live(&s.set, now), 1.0 + s.took).is_empty())
+        .rposition(|s| differences(&held, &live(&s.set, now), 1.0 + s.took + pull_secs).is_empty())
+}
+
+/// The longest pull in a daemon log (`... in N ms` / `..., N ms` on its sync lines).
+fn longest_pull_secs(log: &str) -> f64 {
+    log.lines()
+        .filter(|l| l.contains("first sync done") || l.contains(" sync: "))
+        .filter_map(|l| l.trim_end().strip_suffix(" ms"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+        / 1000.0
 }
 
 /// Counts of the log lines that tell where a kill landed.
@@ -114,7 +146,7 @@ struct Marks {
 fn marks(log: &str) -> Marks {
     let changed = |l: &&str| {
         l.contains("first sync done")
-            || l.contains("full sync:")
+            || l.contains("startup sync:")
             || (l.contains("delta sync:") && !l.contains(" 0 new, 0 deleted"))
     };
     Marks {
@@ -132,7 +164,11 @@ fn marks(log: &str) -> Marks {
 async fn until_synced(d: &Daemon, before: usize, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while marks(&d.log_text()).synced <= before {
-        assert!(Instant::now() < deadline, "no sync in {secs}s; log:\n{}", d.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no sync in {secs}s; log:\n{}",
+            d.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -155,6 +191,8 @@ async fn twenty_sigkills_leave_a_consistent_set_then_convergence() {
     states.push(State { set, took });
 
     let mut landed = std::collections::BTreeMap::<&str, usize>::new();
+    let mut batches = VecDeque::new();
+    let mut pull_secs: f64 = 0.0;
     for round in 0..=ROUNDS {
         let log_name = format!("round-{round}.log");
         let options = daemon::Options {
@@ -162,14 +200,16 @@ async fn twenty_sigkills_leave_a_consistent_set_then_convergence() {
             rust_log: RUST_LOG,
             extra_config: "full_resync_interval: 10s\n",
         };
-        let begun = gate.startups_begun.load(std::sync::atomic::Ordering::SeqCst);
+        let begun = gate
+            .startups_begun
+            .load(std::sync::atomic::Ordering::SeqCst);
         let mut d = daemon::start(dir.path(), &gate.url, &key, &options);
         let held = d.decisions().await;
         assert!(
             !marks(&d.log_text()).first_sync,
             "round {round}: a pull succeeded with the gate closed"
         );
-        let found = matching(&held, &states);
+        let found = matching(&held, &states, pull_secs);
         assert!(
             found.is_some(),
             "round {round}: the daemon enforces {} decisions at restart, a set LAPI never held; \
@@ -180,7 +220,8 @@ async fn twenty_sigkills_leave_a_consistent_set_then_convergence() {
                 .enumerate()
                 .map(|(i, s)| {
                     let now = unix_now();
-                    let diff = differences(&live(&held, now), &live(&s.set, now), 1.0 + s.took);
+                    let slack = 1.0 + s.took + pull_secs;
+                    let diff = differences(&live(&held, now), &live(&s.set, now), slack);
                     format!("state {i} ({} decisions): {}", s.set.len(), diff.join("; "))
                 })
                 .collect::<Vec<_>>()
@@ -188,11 +229,21 @@ async fn twenty_sigkills_leave_a_consistent_set_then_convergence() {
             d.log_text()
         );
         if round == ROUNDS {
-            eprintln!("final restart: {} decisions from SQLite, state {found:?}", held.len());
+            eprintln!(
+                "final restart: {} decisions from SQLite, state {found:?}",
+                held.len()
+            );
             converge(&gate, &lapi, &d).await;
             break;
         }
-        change(&lapi, work.path(), round + 1, &mut rng, &mut states);
+        change(
+            &lapi,
+            work.path(),
+            round + 1,
+            &mut rng,
+            &mut batches,
+            &mut states,
+        );
         let plan = rng.gen_range(0..3);
         gate.open().await;
         let started = Instant::now();
@@ -201,23 +252,34 @@ async fn twenty_sigkills_leave_a_consistent_set_then_convergence() {
             0 => tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await,
             // During a large delta, or right as a pull's write begins.
             _ => {
-                until_synced(&d, 0, 60).await;
+                until_synced(&d, 0, 120).await;
                 gate.close().await;
                 let synced = marks(&d.log_text()).synced;
-                change(&lapi, work.path(), 100 + round, &mut rng, &mut states);
+                change(
+                    &lapi,
+                    work.path(),
+                    100 + round,
+                    &mut rng,
+                    &mut batches,
+                    &mut states,
+                );
                 gate.open().await;
                 if plan == 1 {
                     tokio::time::sleep(Duration::from_millis(rng.gen_range(0..800))).await;
                 } else {
-                    until_synced(&d, synced, 60).await;
+                    until_synced(&d, synced, 120).await;
                 }
             }
         }
         d.kill();
         gate.close().await;
         let log = d.log_text();
+        pull_secs = pull_secs.max(longest_pull_secs(&log));
         let m = marks(&log);
-        let startup_seen = gate.startups_begun.load(std::sync::atomic::Ordering::SeqCst) > begun;
+        let startup_seen = gate
+            .startups_begun
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > begun;
         let place = if m.synced > m.persisted {
             "inside a SQLite write"
         } else if !m.first_sync && startup_seen {

@@ -62,7 +62,7 @@ pub fn start(dir: &Path, api_url: &str, api_key: &str, o: &Options) -> Daemon {
         format!(
             "data_dir: {dir}\nsocket: {dir}/cerberus.sock\nadmin_listen: 127.0.0.1:{port}\n\
              admin_token: {TOKEN}\nforward_auth_listen: off\napi_url: {api_url}\n\
-             api_key: {api_key}\nupdate_frequency: 500ms\nlapi_timeout: 20s\n\
+             api_key: {api_key}\nupdate_frequency: 500ms\nlapi_timeout: 60s\n\
              lapi_retry_max: 500ms\nusage_metrics_interval: 0s\nlog_level: info\n{}",
             o.extra_config,
             dir = dir.display()
