@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::daemon::{self, differences, lapi_active, unix_now, Daemon, Set};
+use support::daemon::{self, differences, lapi_active, longest_pull_secs, unix_now, Daemon, Set};
 use support::gate::Gate;
 use support::lapi::Lapi;
 
@@ -42,15 +42,6 @@ const ROUNDS: usize = 20;
 const BASE: usize = 12_000;
 const PER_ROUND: usize = 3_000;
 const RUST_LOG: &str = "info,cerberus::persist=debug";
-
-fn seed() -> u64 {
-    let seed = match std::env::var("CERBERUS_TEST_SEED") {
-        Ok(s) => s.parse().expect("CERBERUS_TEST_SEED is not a number"),
-        Err(_) => rand::random(),
-    };
-    eprintln!("seed: {seed} (replay with CERBERUS_TEST_SEED={seed})");
-    seed
-}
 
 /// A state LAPI held while the gate was open, and how long LAPI took to list it.
 struct State {
@@ -81,7 +72,7 @@ fn import(lapi: &Lapi, dir: &Path, octet: usize, n: usize, rng: &mut StdRng) {
     f.flush().unwrap();
     drop(f);
     let file = path.to_str().unwrap();
-    lapi.cscli(&["decisions", "import", "-i", file, "--scope", "Ip"]);
+    daemon::cscli_retrying(lapi, &["decisions", "import", "-i", file, "--scope", "Ip"]);
 }
 
 /// Batches kept in LAPI besides the base one; older ones are deleted in bulk.
@@ -101,7 +92,10 @@ fn change(
     batches.push_back(octet);
     if batches.len() > KEPT {
         let old = format!("10.{}.0.0/16", batches.pop_front().unwrap());
-        lapi.cscli(&["decisions", "delete", "--range", &old, "--contained"]);
+        daemon::cscli_retrying(
+            lapi,
+            &["decisions", "delete", "--range", &old, "--contained"],
+        );
     }
     let (set, took) = lapi_active(lapi, &lapi.bouncer_key);
     states.push(State { set, took });
@@ -124,16 +118,6 @@ fn matching(held: &Set, states: &[State], pull_secs: f64) -> Option<usize> {
     states
         .iter()
         .rposition(|s| differences(&held, &live(&s.set, now), 1.0 + s.took + pull_secs).is_empty())
-}
-
-/// The longest pull in a daemon log (`... in N ms` / `..., N ms` on its sync lines).
-fn longest_pull_secs(log: &str) -> f64 {
-    log.lines()
-        .filter(|l| l.contains("first sync done") || l.contains(" sync: "))
-        .filter_map(|l| l.trim_end().strip_suffix(" ms"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, f64::max)
-        / 1000.0
 }
 
 /// Counts of the log lines that tell where a kill landed.
@@ -175,7 +159,7 @@ async fn until_synced(d: &Daemon, before: usize, secs: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sigkills_leave_a_consistent_set_then_convergence() {
-    let mut rng = StdRng::seed_from_u64(seed());
+    let mut rng = StdRng::seed_from_u64(support::seed::seed());
     let lapi = Lapi::start();
     let key = lapi.new_bouncer_key("cerberus-crash");
     let gate = Gate::start(&lapi.addr).await;

@@ -229,3 +229,43 @@ pub fn differences(daemon: &Set, lapi: &Set, slack: f64) -> Vec<String> {
     }
     out
 }
+
+/// The longest pull in a daemon log (`... in N ms` / `..., N ms` on its sync lines).
+pub fn longest_pull_secs(log: &str) -> f64 {
+    log.lines()
+        .filter(|l| l.contains("first sync done") || l.contains(" sync: "))
+        .filter_map(|l| l.trim_end().strip_suffix(" ms"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+        / 1000.0
+}
+
+/// `cscli ARGS` on `lapi`, tried again (up to 5 times) when it fails because LAPI's SQLite
+/// database is locked (`database is locked`: LAPI answering pulls on a loaded machine);
+/// panics on any other failure. A failed import may have left part of its decisions,
+/// which is fine here: LAPI's own set is what the tests compare against.
+pub fn cscli_retrying(lapi: &Lapi, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/crowdsec-lapi.sh");
+    for attempt in 1..=5 {
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("cscli")
+            .arg(lapi.dir())
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("database is locked") && attempt < 5,
+            "cscli {} failed ({}): {text}",
+            args.join(" "),
+            out.status
+        );
+        eprintln!("cscli {}: database is locked, trying again", args.join(" "));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

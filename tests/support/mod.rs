@@ -12,6 +12,7 @@ pub mod lapi;
 pub mod managed_engine;
 pub mod mmdb;
 pub mod script_lapi;
+pub mod seed;
 pub mod web;
 
 use cerberus::config::{Config, Listen};
