@@ -34,9 +34,11 @@ CS_BIN="$CS_HOME/root/usr/bin/crowdsec"
 CS_MODERN=1.7.8
 CS_MODERN_BIN="$REPO_ROOT/.cache/crowdsec-$CS_MODERN/root/usr/bin/crowdsec"
 # The test binaries that run a real CrowdSec (LAPI, agent, cscli): run once per version.
+# crash_rounds (20 SIGKILLs, minutes) runs on 1.4.6 only: what it tests is the daemon's
+# own persistence, the same whatever LAPI's version.
 CROWDSEC_TESTS=(admin_lapi cli cli_admin console engine_capi engine_e2e engine_hub engine_mode
     engine_supervisor lapi_harness lapi_sync lapi_watcher module_caddy_e2e serve_caddy_e2e
-    usage_metrics multi_node appsec_e2e)
+    usage_metrics multi_node appsec_e2e reconcile)
 
 QUICK=false
 

@@ -79,6 +79,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("lapi_timeout", Kind::Str),
     ("lapi_max_body", Kind::Str),
     ("lapi_retry_max", Kind::Str),
+    ("full_resync_interval", Kind::Str),
     ("usage_metrics_interval", Kind::Str),
     ("engine.enabled", Kind::Bool),
     ("engine.crowdsec_bin", Kind::Str),
@@ -297,6 +298,9 @@ pub struct Config {
     pub lapi_max_body: u64,
     /// Longest wait between retries after LAPI errors. Default 60s.
     pub lapi_retry_max: Duration,
+    /// Longest time between two full pulls (`startup=true`) while deltas succeed: LAPI's
+    /// deltas miss decisions written while a pull is answered. Default 5m.
+    pub full_resync_interval: Duration,
     /// How often usage metrics are pushed to LAPI (`POST /v1/usage-metrics`); zero turns
     /// them off. Default 15m; LAPI mode only.
     pub usage_metrics_interval: Duration,
@@ -364,6 +368,7 @@ impl Default for Config {
             lapi_timeout: Duration::from_secs(120),
             lapi_max_body: 1 << 30,
             lapi_retry_max: Duration::from_secs(60),
+            full_resync_interval: Duration::from_secs(5 * 60),
             usage_metrics_interval: Duration::from_secs(15 * 60),
             engine: EngineConfig::default(),
             console_engine_config: None,

@@ -298,6 +298,9 @@ impl Reader {
         if let Some(d) = self.duration("lapi_retry_max") {
             c.lapi_retry_max = d;
         }
+        if let Some(d) = self.duration("full_resync_interval") {
+            c.full_resync_interval = d;
+        }
         if let Some(text) = self.string("usage_metrics_interval") {
             match parse_config_duration(&text) {
                 Ok(d) if d.is_zero() || d >= MIN_USAGE_METRICS_INTERVAL => {

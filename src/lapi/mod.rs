@@ -68,6 +68,9 @@ impl PullError {
 /// Receives the decisions of one pull as they are parsed.
 pub trait DecisionSink: Send + 'static {
     fn take(&mut self, list: List, raw: RawDecision);
+    /// Called once LAPI's answer has begun (a 2xx head), before any decision: LAPI wrote
+    /// each `duration` relative to then, not to when the request left.
+    fn answered(&mut self) {}
 }
 
 /// A client builder that trusts LAPI's certificate as configured (`ca_cert_path`,
@@ -231,6 +234,7 @@ impl LapiClient {
         if resp.content_length().is_some_and(|len| len > limit) {
             return (sink, Err(PullError::TooLarge(limit)));
         }
+        sink.answered();
         let seen = Arc::new(AtomicU64::new(0));
         let counter = seen.clone();
         let body = resp.bytes_stream().map(move |chunk| match chunk {

@@ -101,6 +101,12 @@ enum Mode {
 }
 
 impl super::DecisionSink for Sink {
+    fn answered(&mut self) {
+        // Expiries are `now + duration`: a pull that waited long for its answer (a busy
+        // LAPI, a slow proxy) would otherwise end every decision early by that wait.
+        self.now_ms = clock::now_ms();
+    }
+
     fn take(&mut self, list: List, raw: RawDecision) {
         let value = raw.value.clone();
         let outcome = match list {
@@ -151,6 +157,8 @@ pub struct SyncSettings {
     pub stale_after: Duration,
     pub policy: UnreachablePolicy,
     pub retry_max: Duration,
+    /// A full pull at least this often (see `Config::full_resync_interval`).
+    pub full_resync: Duration,
     pub filters: Arc<Filters>,
 }
 
@@ -161,6 +169,7 @@ impl SyncSettings {
             stale_after: c.stale_after,
             policy: c.on_lapi_unreachable,
             retry_max: c.lapi_retry_max,
+            full_resync: c.full_resync_interval,
             filters: Arc::new(Filters {
                 types: c.supported_decisions_types.clone(),
                 origins: c.origins.clone(),
@@ -232,6 +241,7 @@ impl Syncer {
         let mut need_full = true;
         let mut failures: u32 = 0;
         let mut last_purge = Instant::now();
+        let mut last_full = Instant::now();
         if let Some(client) = &self.client {
             let all = client.endpoints().all();
             let others = if all.len() > 1 {
@@ -264,6 +274,11 @@ impl Syncer {
                 need_full = true;
                 self.purge_hold = true;
             }
+            // LAPI's deltas can miss decisions written while it answered a pull (the
+            // cursor moves past rows not yet committed): a full pull now and then heals it.
+            if last_full.elapsed() >= self.settings.full_resync {
+                need_full = true;
+            }
             let answering = std::mem::take(&mut self.waiting);
             let full = need_full;
             let outcome = match self.pull_serving(full, &mut shutdown).await {
@@ -279,6 +294,9 @@ impl Syncer {
                     // Decisions held out of a full pull are confirmed by the next one.
                     need_full = !self.held.is_empty();
                     self.purge_hold &= !full;
+                    if full {
+                        last_full = Instant::now();
+                    }
                     failures = 0;
                     last_ok = Some(Instant::now());
                     if self.decider.outage().is_some() {

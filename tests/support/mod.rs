@@ -5,13 +5,16 @@ pub mod admin;
 pub mod appsec;
 pub mod caddy;
 pub mod capi;
+pub mod daemon;
 pub mod engine;
 pub mod engine_env;
+pub mod gate;
 pub mod lapi;
 pub mod managed_engine;
 pub mod mmdb;
 pub mod postgres;
 pub mod script_lapi;
+pub mod seed;
 pub mod web;
 
 use cerberus::config::{Config, Listen};
