@@ -34,7 +34,9 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::daemon::{self, differences, lapi_active, longest_pull_secs, unix_now, Daemon, Set};
+use support::daemon::{
+    self, differences, lapi_active, longest_pull_secs, unix_now, Daemon, Entry, Set,
+};
 use support::gate::Gate;
 use support::lapi::Lapi;
 
@@ -101,12 +103,20 @@ fn change(
     states.push(State { set, took });
 }
 
-/// Decisions at least 3 s from expiry at `now`.
-fn live(set: &Set, now: f64) -> Set {
-    set.iter()
-        .filter(|(_, e)| e.expires > now + 3.0)
-        .map(|(id, e)| (*id, e.clone()))
-        .collect()
+/// Both sets without the decisions that end within 3 s of `now` plus `slack` in either
+/// of them. The daemon's expiries may be later than LAPI's by up to `slack` (they count
+/// from when its answer began), so a decision about to expire can be in one set's live
+/// part and not the other's; it is left out of both.
+fn live_pair(a: &Set, b: &Set, now: f64, slack: f64) -> (Set, Set) {
+    let horizon = now + 3.0 + slack;
+    let ending = |set: &Set, id: &i64| set.get(id).is_some_and(|e: &Entry| e.expires <= horizon);
+    let keep = |set: &Set| -> Set {
+        set.iter()
+            .filter(|(id, _)| !ending(a, id) && !ending(b, id))
+            .map(|(id, e)| (*id, e.clone()))
+            .collect()
+    };
+    (keep(a), keep(b))
 }
 
 /// The index of the recorded state the daemon's set equals, if any. `pull_secs`: the
@@ -114,10 +124,11 @@ fn live(set: &Set, now: f64) -> Set {
 /// moment the answer began, so they are as uncertain as its pulls are long).
 fn matching(held: &Set, states: &[State], pull_secs: f64) -> Option<usize> {
     let now = unix_now();
-    let held = live(held, now);
-    states
-        .iter()
-        .rposition(|s| differences(&held, &live(&s.set, now), 1.0 + s.took + pull_secs).is_empty())
+    states.iter().rposition(|s| {
+        let slack = 1.0 + s.took + pull_secs;
+        let (held, state) = live_pair(held, &s.set, now, slack);
+        differences(&held, &state, slack).is_empty()
+    })
 }
 
 /// Counts of the log lines that tell where a kill landed.
@@ -205,7 +216,8 @@ async fn twenty_sigkills_leave_a_consistent_set_then_convergence() {
                 .map(|(i, s)| {
                     let now = unix_now();
                     let slack = 1.0 + s.took + pull_secs;
-                    let diff = differences(&live(&held, now), &live(&s.set, now), slack);
+                    let (h, l) = live_pair(&held, &s.set, now, slack);
+                    let diff = differences(&h, &l, slack);
                     format!("state {i} ({} decisions): {}", s.set.len(), diff.join("; "))
                 })
                 .collect::<Vec<_>>()
