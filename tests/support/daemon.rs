@@ -259,12 +259,19 @@ pub fn cscli_retrying(lapi: &Lapi, args: &[&str]) {
         }
         let text = String::from_utf8_lossy(&out.stderr).into_owned()
             + &String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("database is locked") && attempt < 5,
-            "cscli {} failed ({}): {text}",
-            args.join(" "),
-            out.status
-        );
+        if !(text.contains("database is locked") && attempt < 5) {
+            // LAPI's own last lines say why (it once stopped answering mid-run).
+            let log = lapi.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let pid = std::fs::read_to_string(lapi.dir().join("crowdsec.pid")).unwrap_or_default();
+            let alive = Path::new(&format!("/proc/{}", pid.trim())).exists();
+            panic!(
+                "cscli {} failed ({}): {text}\nLAPI process alive: {alive}; its log ends:\n{}",
+                args.join(" "),
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         eprintln!("cscli {}: database is locked, trying again", args.join(" "));
         std::thread::sleep(Duration::from_millis(500));
     }
