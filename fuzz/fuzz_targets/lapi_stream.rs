@@ -89,7 +89,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let snapshot = writer.publish();
     let now = (NOW_MS / 1000) as u32;
+    // A decision sent again with the same id on the same target replaces the earlier
+    // one (the store keys verdicts by target and id; LAPI never repeats an id in one
+    // answer, but the store must not keep both): only the last one of each is checked.
+    let mut last = std::collections::HashMap::new();
     for d in &accepted {
+        last.insert((d.id, d.target), d);
+    }
+    for d in last.values() {
         if d.expires_at > now {
             let addr = d.target.to_net().network();
             assert!(
