@@ -496,3 +496,27 @@ fn an_empty_key_is_named() {
         );
     }
 }
+
+#[test]
+fn every_key_is_shown_in_the_example_config() {
+    // examples/cerberus.yaml is the reference users copy, and the packaged config must
+    // hold every key of it (scripts/test-packaging.sh); a key missing there is unknown
+    // to users. Section keys (`engine.enabled`) appear indented under their section.
+    let example = include_str!("../../examples/cerberus.yaml");
+    let missing: Vec<&str> = KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| {
+            let name = k.rsplit('.').next().unwrap_or(k);
+            !example.lines().any(|l| {
+                l.trim_start_matches([' ', '#'])
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in examples/cerberus.yaml: {missing:?}"
+    );
+}
