@@ -258,7 +258,8 @@ func (h *Handler) inspect(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if ans.Remediation == Allow {
 		return next.ServeHTTP(w, r)
 	}
-	// ban, captcha (answered as ban until captcha support exists): 403.
+	// ban: 403; captcha: the daemon's captcha flow (its challenge, or 403 when it has
+	// no provider or refuses).
 	repl.Set("http.cerberus.remediation", ans.Remediation.String())
 	repl.Set("http.cerberus.origin", "appsec")
 	repl.Set("http.cerberus.scenario", "")
@@ -266,8 +267,16 @@ func (h *Handler) inspect(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if h.Errors {
 		cause = fmt.Errorf("cerberus: %s: %s by AppSec", addr, ans.Remediation)
 	}
-	return h.refuse(w, PageData{Status: http.StatusForbidden, Title: "Access denied", IP: addr.String(),
-		Remediation: ans.Remediation.String(), Origin: "appsec"}, cause)
+	d := PageData{Status: http.StatusForbidden, Title: "Access denied", IP: addr.String(),
+		Remediation: ans.Remediation.String(), Origin: "appsec"}
+	if ans.Remediation == Captcha {
+		passed, err := h.captcha(w, r, addr, true, d, cause)
+		if passed {
+			return next.ServeHTTP(w, r)
+		}
+		return err
+	}
+	return h.refuse(w, d, cause)
 }
 
 // AppendAppsecAnswer appends an AppSec answer frame (the server side; tests).

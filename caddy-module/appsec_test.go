@@ -91,7 +91,6 @@ func TestAppsecVerdictsRefuseOrServe(t *testing.T) {
 		want   int
 	}{
 		{AppsecAnswer{Remediation: Ban, Reason: AppsecVerdict}, http.StatusForbidden},
-		{AppsecAnswer{Remediation: Captcha, Reason: AppsecVerdict}, http.StatusForbidden},
 		{AppsecAnswer{Remediation: Ban, Reason: AppsecFailed}, http.StatusForbidden},
 		{AppsecAnswer{Remediation: Allow, Reason: AppsecFailed}, http.StatusOK},
 		{AppsecAnswer{Remediation: Allow, Reason: AppsecVerdict}, http.StatusOK},
@@ -127,5 +126,47 @@ func TestAppsecOffIsNotAsked(t *testing.T) {
 	f.mu.Unlock()
 	if n != 1 {
 		t.Fatalf("%d AppSec frames, want 1 (none from `appsec off`, one before the daemon said off)", n)
+	}
+}
+
+func TestAppsecCaptchaGoesToTheDaemonsCaptchaFlow(t *testing.T) {
+	path := socketPath(t)
+	f := startFake(t, path)
+	h := provisioned(t, &Handler{Socket: path, SnapshotDir: "off"})
+	challenge := CaptchaAnswer{Action: CaptchaRespond, Status: http.StatusUnauthorized,
+		Headers: [][2]string{{"Content-Type", "text/html; charset=utf-8"}}, Body: []byte("<p>prove it</p>")}
+	f.configure(func(f *fakeDaemon) {
+		f.appsecAnswer = AppsecAnswer{Remediation: Captcha, Reason: AppsecVerdict}
+		f.captchaAnswer = challenge
+	})
+	req := httptest.NewRequest(http.MethodGet, "http://example.com/login?next=%2F", nil)
+	rec := httptest.NewRecorder()
+	ran := false
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { ran = true; return nil })
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl)
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.20"})
+	if err := h.ServeHTTP(rec, req.WithContext(ctx), next); err != nil {
+		t.Fatalf("ServeHTTP: %v", err)
+	}
+	if ran || rec.Code != http.StatusUnauthorized || rec.Body.String() != "<p>prove it</p>" {
+		t.Fatalf("AppSec captcha: upstream ran %v, wrote %d %q; want the daemon's challenge", ran, rec.Code, rec.Body.String())
+	}
+	f.mu.Lock()
+	seen := append([]CaptchaRequest(nil), f.captchaSeen...)
+	f.mu.Unlock()
+	if len(seen) != 1 || !seen[0].FromAppsec || seen[0].URI != "/login?next=%2F" || seen[0].Addr.String() != "192.0.2.20" {
+		t.Fatalf("captcha requests %+v, want one from AppSec for /login?next=%%2F", seen)
+	}
+
+	// Cleared (the daemon passes it): the request is served, its body unchanged.
+	f.configure(func(f *fakeDaemon) { f.captchaAnswer = CaptchaAnswer{Action: CaptchaPass} })
+	if status, got := post(t, h, "a=1&b=2"); status != http.StatusOK || string(got) != "a=1&b=2" {
+		t.Fatalf("cleared: status %d, upstream got %q", status, got)
+	}
+	// Refused by the flow (a POST, or no provider): 403, not served.
+	f.configure(func(f *fakeDaemon) { f.captchaAnswer = CaptchaAnswer{Action: CaptchaRefuse} })
+	if status, got := post(t, h, "x"); status != http.StatusForbidden || got != nil {
+		t.Fatalf("refused: status %d, upstream ran %v", status, got != nil)
 	}
 }

@@ -44,11 +44,13 @@ const (
 
 // CaptchaRequest is what the module sends.
 type CaptchaRequest struct {
-	Addr   netip.Addr
-	HTTPS  bool
-	Method string
-	URI    string
-	Cookie string
+	Addr  netip.Addr
+	HTTPS bool
+	// FromAppsec: the captcha verdict is AppSec's, the IP check allowed (flags bit 1).
+	FromAppsec bool
+	Method     string
+	URI        string
+	Cookie     string
 }
 
 // CaptchaAnswer is what the daemon answers.
@@ -92,11 +94,14 @@ func AppendCaptchaRequest(b []byte, id uint32, req CaptchaRequest) []byte {
 		v := a.As16()
 		m = append(append(m, 6), v[:]...)
 	}
-	https := byte(0)
+	flags := byte(0)
 	if req.HTTPS {
-		https = 1
+		flags |= 1
 	}
-	m = append(m, https)
+	if req.FromAppsec {
+		flags |= 2
+	}
+	m = append(m, flags)
 	m = putText(m, req.Method, false)
 	m = putText(m, req.URI, true)
 	m = putText(m, req.Cookie, true)
@@ -213,20 +218,22 @@ func askCaptcha(socket string, req CaptchaRequest) (CaptchaAnswer, error) {
 	return ReadCaptchaAnswer(c, 1)
 }
 
-// captchaRequest is the request as the daemon needs it.
-func captchaRequest(r *http.Request, addr netip.Addr) CaptchaRequest {
+// captchaRequest is the request as the daemon needs it; fromAppsec says whose verdict
+// the captcha is.
+func captchaRequest(r *http.Request, addr netip.Addr, fromAppsec bool) CaptchaRequest {
 	cookie := ""
 	if c, err := r.Cookie(CaptchaCookie); err == nil {
 		cookie = c.Value
 	}
-	return CaptchaRequest{Addr: addr, HTTPS: r.TLS != nil, Method: r.Method,
+	return CaptchaRequest{Addr: addr, HTTPS: r.TLS != nil, FromAppsec: fromAppsec, Method: r.Method,
 		URI: r.URL.RequestURI(), Cookie: cookie}
 }
 
-// captcha answers a request whose verdict is captcha; d and cause are the refusal's.
-func (h *Handler) captcha(w http.ResponseWriter, r *http.Request, addr netip.Addr,
+// captcha answers a request whose verdict is captcha (the IP's, or AppSec's when
+// fromAppsec); d and cause are the refusal's.
+func (h *Handler) captcha(w http.ResponseWriter, r *http.Request, addr netip.Addr, fromAppsec bool,
 	d PageData, cause error) (passed bool, err error) {
-	a, err := askCaptcha(h.Socket, captchaRequest(r, addr))
+	a, err := askCaptcha(h.Socket, captchaRequest(r, addr, fromAppsec))
 	if err != nil {
 		failures.WithLabelValues("captcha").Inc()
 		h.failLog.record("captcha", "refuse", err)

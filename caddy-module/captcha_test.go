@@ -43,7 +43,8 @@ func decodeCaptchaRequest(t *testing.T, r io.Reader) (uint32, CaptchaRequest) {
 	}
 	req.Addr, _ = netip.AddrFromSlice(msg[1 : 1+n])
 	m := msg[1+n:]
-	req.HTTPS = m[0] == 1
+	req.HTTPS = m[0]&1 == 1
+	req.FromAppsec = m[0]&2 == 2
 	l := int(m[1])
 	req.Method = string(m[2 : 2+l])
 	m = m[2+l:]
@@ -118,7 +119,7 @@ func TestCaptchaRequestSpansFramesAndCarriesTheCookie(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "http://example.com"+long, nil)
 	r.AddCookie(&http.Cookie{Name: CaptchaCookie, Value: "123.abc"})
 	w := httptest.NewRecorder()
-	passed, err := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), PageData{Status: 403}, nil)
+	passed, err := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), false, PageData{Status: 403}, nil)
 	if passed || err != nil {
 		t.Fatalf("passed %v err %v", passed, err)
 	}
@@ -140,7 +141,7 @@ func TestCaptchaRedirectPassAndRefuse(t *testing.T) {
 	h := provisioned(t, &Handler{Socket: path, SnapshotDir: "off"})
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest(http.MethodGet, "http://example.com/shop?__cerberus_captcha=x", nil)
-	if passed, _ := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), PageData{Status: 403}, nil); passed {
+	if passed, _ := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), false, PageData{Status: 403}, nil); passed {
 		t.Fatal("a redirect is not a pass")
 	}
 	if w.Code != 303 || w.Header().Get("Location") != "/shop?x=1" || !strings.HasPrefix(w.Header().Get("Set-Cookie"), "cerberus_captcha=") {
@@ -149,14 +150,14 @@ func TestCaptchaRedirectPassAndRefuse(t *testing.T) {
 
 	path, _ = captchaDaemon(t, CaptchaAnswer{Action: CaptchaPass})
 	h = provisioned(t, &Handler{Socket: path, SnapshotDir: "off"})
-	if passed, err := h.captcha(httptest.NewRecorder(), r, netip.MustParseAddr("192.0.2.9"), PageData{Status: 403}, nil); !passed || err != nil {
+	if passed, err := h.captcha(httptest.NewRecorder(), r, netip.MustParseAddr("192.0.2.9"), false, PageData{Status: 403}, nil); !passed || err != nil {
 		t.Fatalf("pass: %v %v", passed, err)
 	}
 
 	path, _ = captchaDaemon(t, CaptchaAnswer{Action: CaptchaRefuse})
 	h = provisioned(t, &Handler{Socket: path, SnapshotDir: "off"})
 	w = httptest.NewRecorder()
-	passed, _ := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), PageData{Status: 403, Remediation: "captcha"}, nil)
+	passed, _ := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), false, PageData{Status: 403, Remediation: "captcha"}, nil)
 	if passed || w.Code != 403 || !strings.Contains(w.Body.String(), "captcha") {
 		t.Fatalf("refuse: %v %d %q", passed, w.Code, w.Body.String())
 	}
@@ -164,7 +165,7 @@ func TestCaptchaRedirectPassAndRefuse(t *testing.T) {
 	// No daemon: refused, never passed.
 	h = provisioned(t, &Handler{Socket: socketPath(t), SnapshotDir: "off"})
 	w = httptest.NewRecorder()
-	if passed, _ := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), PageData{Status: 403}, nil); passed || w.Code != 403 {
+	if passed, _ := h.captcha(w, r, netip.MustParseAddr("192.0.2.9"), false, PageData{Status: 403}, nil); passed || w.Code != 403 {
 		t.Fatalf("no daemon: %v %d", passed, w.Code)
 	}
 }

@@ -1,6 +1,7 @@
 package cerberus
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -34,6 +35,9 @@ type fakeDaemon struct {
 
 	appsecAnswer AppsecAnswer // the answer to every AppSec request (default: allow)
 	appsecSeen   [][]byte     // the AppSec frames received, whole
+
+	captchaAnswer CaptchaAnswer    // the answer to every one-frame captcha request (default: pass)
+	captchaSeen   []CaptchaRequest // the captcha requests received
 
 	lookups  atomic.Int64
 	accepted atomic.Int64
@@ -115,6 +119,20 @@ func (f *fakeDaemon) serve(c net.Conn) {
 				f.mu.Unlock()
 				_, _ = c.Write(AppendAppsecAnswer(nil, binary.BigEndian.Uint32(rest[4:]), ans))
 				off += 12 + size
+				continue
+			}
+			if rest := buf[off:]; len(rest) >= 8 && rest[3] == KindCaptcha {
+				size := 2 + int(binary.BigEndian.Uint16(rest))
+				if len(rest) < size {
+					break
+				}
+				id, req := decodeCaptchaRequest(f.t, bytes.NewReader(rest[:size]))
+				f.mu.Lock()
+				ans := f.captchaAnswer
+				f.captchaSeen = append(f.captchaSeen, req)
+				f.mu.Unlock()
+				_, _ = c.Write(encodeCaptchaAnswer(id, ans))
+				off += size
 				continue
 			}
 			r, used, derr := DecodeRequest(buf[off:])

@@ -276,11 +276,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		cause = fmt.Errorf("cerberus: %s: %s by %s (%s)", addr, ans.Remediation, ans.Origin, ans.Scenario)
 	}
 	if ans.Remediation == Captcha {
-		passed, err := h.captcha(w, r, addr, d, cause)
-		if passed {
-			return next.ServeHTTP(w, r)
+		passed, err := h.captcha(w, r, addr, false, d, cause)
+		if !passed {
+			return err
 		}
-		return err
+		// Cleared by the captcha: the request is inspected like any allowed one.
+		if h.appsec != nil {
+			return h.inspect(w, r, next, repl, addr)
+		}
+		return next.ServeHTTP(w, r)
 	}
 	return h.refuse(w, d, cause)
 }

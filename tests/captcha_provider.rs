@@ -2,93 +2,19 @@
 //! IP, a timeout), and whether the provider answers, as `/status`, the connectivity
 //! diagnostics and `cerberus diagnose` show it.
 //!
-//! The stand-in answers as the providers' siteverify does (a form POST of `secret`,
-//! `response`, `remoteip`; JSON `{"success": bool, "error-codes": [..]}`, the shapes
-//! documented by Cloudflare, hCaptcha and Google and sent by crowdsecurity/lua-cs-bouncer
-//! `lib/plugins/crowdsec/captcha.lua` `M.Validate`). It can hold its answers back, to
-//! show the calls in flight.
+//! The stand-in is `support::stand_ins::provider`; here it holds its answers back, to show the
+//! calls in flight.
 
 mod support;
 
 use cerberus::captcha::verify::{Outcome, Reach, Verifier, PER_IP, TIMEOUT};
 use cerberus::config::{CaptchaProvider, Config};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::admin::{with_admin, AdminClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-/// A loopback siteverify. `release` false holds every answer until it turns true;
-/// `received` counts the requests read.
-struct Provider {
-    url: String,
-    received: Arc<AtomicUsize>,
-    release: watch::Sender<bool>,
-}
-
-async fn provider(hold: bool) -> Provider {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/siteverify", l.local_addr().unwrap());
-    let received = Arc::new(AtomicUsize::new(0));
-    let (release, rx) = watch::channel(!hold);
-    let count = received.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            let count = count.clone();
-            let mut rx = rx.clone();
-            tokio::spawn(async move {
-                let body = read_request(&mut s).await;
-                count.fetch_add(1, Ordering::SeqCst);
-                let _ = rx.wait_for(|go| *go).await;
-                let ok = body.contains("response=good");
-                let answer = format!("{{\"success\": {ok}, \"error-codes\": []}}");
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = s.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    Provider {
-        url,
-        received,
-        release,
-    }
-}
-
-/// Reads one HTTP request; returns its body.
-async fn read_request(s: &mut tokio::net::TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            return String::new();
-        }
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .and_then(|v| v.trim().parse().ok())
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                return body.to_string();
-            }
-        }
-    }
-}
+use support::stand_ins::provider;
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()

@@ -28,6 +28,9 @@ pub struct CaptchaRequest {
     pub addr: IpAddr,
     /// The client's request came over https.
     pub https: bool,
+    /// The captcha verdict is AppSec's (the IP check allowed): the daemon runs the flow
+    /// unless the address itself is now refused.
+    pub from_appsec: bool,
     pub method: String,
     /// Path and query as the client sent them.
     pub uri: String,
@@ -193,7 +196,7 @@ pub fn encode_captcha_request(req: &CaptchaRequest, out: &mut BytesMut) {
             m.put_slice(&a.octets());
         }
     }
-    m.put_u8(u8::from(req.https));
+    m.put_u8(u8::from(req.https) | u8::from(req.from_appsec) << 1);
     put_text(&mut m, &req.method, false);
     put_text(&mut m, &req.uri, true);
     put_text(&mut m, &req.cookie, true);
@@ -234,10 +237,12 @@ pub fn take_captcha_request(input: &mut BytesMut) -> Taken<CaptchaRequest> {
             6 => IpAddr::from(<[u8; 16]>::try_from(f.bytes(16)?).expect("16 bytes")).to_canonical(),
             other => return Err(FrameError::BadFamily { id, family: other }),
         };
+        let flags = f.u8()?;
         Ok(CaptchaRequest {
             id,
             addr,
-            https: f.u8()? & 1 == 1,
+            https: flags & 1 == 1,
+            from_appsec: flags & 2 == 2,
             method: f.text(false, "method")?,
             uri: f.text(true, "uri")?,
             cookie: f.text(true, "cookie")?,
@@ -313,6 +318,7 @@ mod tests {
             id: 9,
             addr: "::ffff:192.0.2.1".parse().unwrap(),
             https: true,
+            from_appsec: uri_len % 3 == 1,
             method: "GET".into(),
             uri: format!("/{}", "a".repeat(uri_len)),
             cookie: "1.abc".into(),

@@ -16,19 +16,32 @@ use std::time::Instant;
 
 /// The answer to a captcha request of the module. The verdict is looked up again here
 /// (it may have changed, and the daemon decides): allow or bypassed passes, any verdict
-/// but captcha refuses, and so does a daemon without a captcha provider.
+/// but captcha refuses, and so does a daemon without a captcha provider. A request
+/// whose captcha is AppSec's (`from_appsec`) goes to the flow when the address is
+/// allowed, with origin `appsec`.
 pub(super) async fn socket_answer(
     decider: &Decider,
     captcha: Option<&Captcha>,
     req: &CaptchaRequest,
 ) -> CaptchaAnswer {
     let found = decider.answer(req.addr);
-    match found.remediation {
+    let (origin, scenario) = match found.remediation {
+        None if req.from_appsec && decider.enabled() => (crate::appsec::ORIGIN, ""),
         None => return CaptchaAnswer::Pass,
-        Some(crate::decision::Remediation::Captcha) => {}
+        Some(crate::decision::Remediation::Captcha) => (
+            found.origin.as_deref().unwrap_or(""),
+            found.scenario.as_deref().unwrap_or(""),
+        ),
         Some(_) => return CaptchaAnswer::Refuse,
-    }
+    };
     let Some(captcha) = captcha else {
+        // AppSec's captcha answered as a ban is counted here, where it is answered
+        // (the IP's was counted by the lookup).
+        if found.remediation.is_none() {
+            decider
+                .usage()
+                .add_dropped(crate::appsec::ORIGIN, "", "captcha");
+        }
         return CaptchaAnswer::Refuse;
     };
     let ask = Ask {
@@ -43,8 +56,8 @@ pub(super) async fn socket_answer(
             &ask,
             clock::now_secs().into(),
             decider.usage(),
-            found.origin.as_deref().unwrap_or(""),
-            found.scenario.as_deref().unwrap_or(""),
+            origin,
+            scenario,
         )
         .await;
     if reply == Reply::Pass {

@@ -121,11 +121,12 @@ impl Door {
     }
 
     /// Answers one request: the IP check (a captcha verdict goes to the flow), then, after
-    /// an allow and when configured, AppSec.
+    /// an allow (or a cleared captcha) and when configured, AppSec, whose captcha verdict
+    /// goes to the flow too.
     pub async fn serve<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
         let response = match self.begin(req, peer) {
             Step::Done(r) => r,
-            Step::Captcha(job) => return self.captcha(*job).await,
+            Step::Captcha(job) => self.captcha(*job).await,
         };
         let Some(appsec) = &self.appsec else {
             return response;
@@ -148,7 +149,23 @@ impl Door {
             return response;
         }
         let name = outcome.remediation().as_str();
-        self.refusal(req.headers(), ip, name, appsec::ORIGIN, outcome.as_str())
+        let refusal = self.refusal(req.headers(), ip, name, appsec::ORIGIN, outcome.as_str());
+        if outcome != appsec::Outcome::Captcha {
+            return refusal;
+        }
+        if self.captcha.is_none() {
+            self.decider.usage().add_dropped(appsec::ORIGIN, "", name);
+            return refusal;
+        }
+        let job = super::captcha::CaptchaJob::new(
+            ip,
+            req.headers(),
+            appsec::ORIGIN.to_string(),
+            String::new(),
+            refusal,
+            Instant::now(),
+        );
+        self.captcha(job).await
     }
 
     /// The IP check alone, answered at once: a captcha verdict gets the refusal the flow

@@ -15,6 +15,7 @@ pub mod mmdb;
 pub mod postgres;
 pub mod script_lapi;
 pub mod seed;
+pub mod stand_ins;
 pub mod web;
 
 use cerberus::config::{Config, Listen};
