@@ -36,7 +36,7 @@ type fakeDaemon struct {
 	appsecAnswer AppsecAnswer // the answer to every AppSec request (default: allow)
 	appsecSeen   [][]byte     // the AppSec frames received, whole
 
-	captchaAnswer CaptchaAnswer    // the answer to every one-frame captcha request (default: pass)
+	captchaAnswer CaptchaAnswer    // the answer to every one-frame captcha request (default: refuse, as a daemon without a provider)
 	captchaSeen   []CaptchaRequest // the captcha requests received
 
 	lookups  atomic.Int64
@@ -54,7 +54,8 @@ func startFake(t *testing.T, path string) *fakeDaemon {
 	if err != nil {
 		t.Fatalf("listen %s: %v", path, err)
 	}
-	f := &fakeDaemon{t: t, path: path, ln: ln, answers: map[netip.Addr]Answer{}, errFor: map[netip.Addr]ErrorCode{}}
+	f := &fakeDaemon{t: t, path: path, ln: ln, answers: map[netip.Addr]Answer{}, errFor: map[netip.Addr]ErrorCode{},
+		captchaAnswer: CaptchaAnswer{Action: CaptchaRefuse}}
 	go f.acceptLoop()
 	t.Cleanup(f.stop)
 	return f

@@ -255,7 +255,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("http.cerberus.scenario", ans.Scenario)
 	repl.Set("http.cerberus.type", ans.Type)
 	repl.Set("http.cerberus.expires_in_s", strconv.FormatUint(uint64(ans.ExpiresInS), 10))
-	verdicts.WithLabelValues(ans.Remediation.String()).Inc()
+	if ans.Remediation <= Other {
+		verdictCounts[ans.Remediation].Inc()
+	} else {
+		verdicts.WithLabelValues(ans.Remediation.String()).Inc()
+	}
 
 	if ans.Remediation == Allow {
 		if h.appsec != nil {
@@ -381,6 +385,14 @@ var (
 		Name:      "verdicts_total",
 		Help:      "Answers of the cerberus daemon, by remediation.",
 	}, []string{"remediation"})
+	// verdictCounts holds verdicts' counter of each remediation, looked up once: a
+	// WithLabelValues per request hashes the label and takes the vector's lock.
+	verdictCounts = func() (c [Other + 1]prometheus.Counter) {
+		for r := range c {
+			c[r] = verdicts.WithLabelValues(Remediation(r).String())
+		}
+		return c
+	}()
 )
 
 func registerMetrics(reg *prometheus.Registry) error {
