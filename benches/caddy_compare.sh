@@ -101,7 +101,8 @@ wait_status 100 200 "http://127.0.0.1:$BARE_PORT/" || {
     tail -20 "$WORK/caddy-ours.log" >&2
     exit 1
 }
-# (forward_auth gets the synced daemon too, but passes the connection's address on.)
+# (forward_auth: Caddy passes the client address on in X-Forwarded-For, which the
+# daemon trusts from 127.0.0.1; see benches/lib.sh.)
 wait_status 100 403 -H 'X-Forwarded-For: 10.0.0.1' "http://127.0.0.1:$MOD_PORT/" || {
     echo "the cerberus module does not ban 10.0.0.1; log:" >&2
     tail -20 "$WORK/caddy-ours.log" >&2

@@ -74,6 +74,8 @@ update_frequency: 1s
 data_dir: $WORK/data
 socket: $WORK/cerberus.sock
 forward_auth_listen: 127.0.0.1:$FA_PORT
+# Caddy (a trusted proxy on loopback) forwards the client address in X-Forwarded-For.
+trusted_proxies: [127.0.0.1/32]
 admin_listen: "off"
 log_level: warn
 YAML

@@ -381,6 +381,7 @@ bench_smoke() {
         cargo test --bench segments_unban -- 1000 &&
         bash benches/e2e.sh 100 1 &&
         ROUND_SECS=1 ROUNDS=1 bash benches/caddy_compare.sh 100 &&
+        SECS=5 bash benches/caddy_profile.sh 100 &&
         bash benches/segments_sharing.sh 1000 &&
         bash benches/appsec.sh 1
 }
