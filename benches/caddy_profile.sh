@@ -2,7 +2,8 @@
 # Where our Caddy with the cerberus module spends its CPU under load: the CPU profile
 # of the Caddy process (its admin API's /debug/pprof/profile) while wrk -t2 -c64 sends
 # one case of benches/caddy_compare.sh, first to a site with the module, then to a bare
-# site of the same Caddy (`respond` alone). For each: requests/s, the CPU time Caddy
+# site of the same Caddy (`respond` alone), then to a bare site whose `respond` is in a
+# `route` block as the module's is. For each: requests/s, the CPU time Caddy
 # was sampled for, and so its CPU per request; then `go tool pprof -top` of the
 # module's run (flat, and cumulative for the module's own functions). Loopback only,
 # bounded in time. The setup is caddy_compare.sh's: a real LAPI holding N decisions,
@@ -36,6 +37,7 @@ bash "$ROOT/scripts/build-caddy.sh" >/dev/null
 
 PORT="$(free_port)"
 BARE="$(free_port)"
+ROUTED="$(free_port)"
 ADMIN="$(free_port)"
 cat >"$WORK/Caddyfile" <<CADDY
 {
@@ -58,6 +60,11 @@ cat >"$WORK/Caddyfile" <<CADDY
 }
 :$BARE {
 	respond "ok"
+}
+:$ROUTED {
+	route {
+		respond "ok"
+	}
 }
 CADDY
 start_caddy "$OUR_CADDY" "$WORK/Caddyfile" caddy
@@ -111,12 +118,14 @@ profile() {
 
 IFS='|' read -r m_rps m_cpu m_us <<<"$(profile "$PORT" "$WORK/module.pprof")"
 IFS='|' read -r b_rps b_cpu b_us <<<"$(profile "$BARE" "$WORK/bare.pprof")"
+IFS='|' read -r r_rps r_cpu r_us <<<"$(profile "$ROUTED" "$WORK/routed.pprof")"
 echo "case $CASE, $N decisions; wrk -t2 -c64 -d${SECS}s, Caddy profiled for ${PROFILE_SECS}s of it:"
 echo
 echo "| site | requests/s | Caddy CPU sampled | Caddy CPU per request |"
 echo "|---|---|---|---|"
 echo "| with the module | $m_rps | ${m_cpu} s | ${m_us} us |"
 echo "| bare (respond) | $b_rps | ${b_cpu} s | ${b_us} us |"
+echo "| bare in a route block, as the module's site | $r_rps | ${r_cpu} s | ${r_us} us |"
 echo
 echo "go tool pprof -top (flat), the site with the module:"
 (cd "$ROOT/caddy-module" && go tool pprof -top -nodecount=30 "$OUR_CADDY" "$WORK/module.pprof" 2>/dev/null | sed -n '6,$p')
