@@ -163,38 +163,15 @@ declare -A CASE_LABEL=(
 # RESULTS[setup/case] holds one "requests/s|p50|p99|non-2xx" line per round.
 declare -A RESULTS
 
-# wrk's script for the random cases: a random client address per request, sent as
-# X-Forwarded-For. XFF_MODE=banned picks one of the N imported addresses, else a
-# public address outside 10/8 and 127/8.
-cat >"$WORK/xff.lua" <<'LUA'
-local mode = os.getenv("XFF_MODE")
-local n = tonumber(os.getenv("XFF_N"))
-local floor, random = math.floor, math.random
-local counter = 0
-function init(args)
-    counter = counter + 1
-    math.randomseed(os.time() * 1000 + counter + floor(os.clock() * 1e6))
-end
-function request()
-    local ip
-    if mode == "banned" then
-        local i = random(0, n - 1)
-        ip = "10." .. (floor(i / 65536) % 256) .. "." .. (floor(i / 256) % 256) .. "." .. (i % 256)
-    else
-        local a = random(11, 223)
-        if a == 127 then a = 128 end
-        ip = a .. "." .. random(0, 255) .. "." .. random(0, 255) .. "." .. random(1, 254)
-    end
-    return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
-end
-LUA
+# wrk's script for the random cases: benches/xff.lua.
+XFF_LUA="$ROOT/benches/xff.lua"
 
 # One round of case $2 on setup index $1.
 measure() {
     local i=$1 case=$2 url="http://127.0.0.1:${PORTS[$1]}/" out
     case $case in
-    random_allowed) out="$(XFF_MODE=allowed XFF_N=$N run_wrk "$url" "$WORK/xff.lua")" ;;
-    random_refused) out="$(XFF_MODE=banned XFF_N=$N run_wrk "$url" "$WORK/xff.lua")" ;;
+    random_allowed) out="$(XFF_MODE=allowed XFF_N=$N run_wrk "$url" "$XFF_LUA")" ;;
+    random_refused) out="$(XFF_MODE=banned XFF_N=$N run_wrk "$url" "$XFF_LUA")" ;;
     *) out="$(run_wrk "$url")" ;;
     esac
     RESULTS[${NAMES[$i]}/$case]+="$out"$'\n'

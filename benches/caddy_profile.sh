@@ -78,26 +78,8 @@ grep -q "looking up in the daemon's mapped snapshot segments" "$WORK/caddy.log" 
     exit 1
 }
 
-# The same wrk script as caddy_compare.sh's random cases.
-cat >"$WORK/xff.lua" <<'LUA'
-local mode = os.getenv("XFF_MODE")
-local n = tonumber(os.getenv("XFF_N"))
-local floor, random = math.floor, math.random
-function request()
-    local ip
-    if mode == "banned" then
-        local i = random(0, n - 1)
-        ip = "10." .. (floor(i / 65536) % 256) .. "." .. (floor(i / 256) % 256) .. "." .. (i % 256)
-    else
-        local a = random(11, 223)
-        if a == 127 then a = 128 end
-        ip = a .. "." .. random(0, 255) .. "." .. random(0, 255) .. "." .. random(1, 254)
-    end
-    return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
-end
-LUA
 script=()
-[[ -n $MODE ]] && script=(-s "$WORK/xff.lua")
+[[ -n $MODE ]] && script=(-s "$ROOT/benches/xff.lua")
 PROFILE_SECS=$((SECS - 3))
 
 # Load on port $1 for SECS while Caddy is profiled for PROFILE_SECS into $2; prints

@@ -1,8 +1,9 @@
 package cerberus
 
-// The built-in refusal page written without html/template: the text of builtinPage
-// (refuse.go) cut at its actions, and the values escaped as html/template escapes
-// text in an HTML element (its htmlEscaper: NUL, ", &, ', +, <, >).
+// The built-in refusal page: its text, from which refuse.go's builtinPage template is
+// put together, and writeBuiltinPage, which writes what that template writes without
+// executing it, the values escaped as html/template escapes text in an HTML element
+// (its htmlEscaper: NUL, ", &, ', +, <, >).
 
 import (
 	"bytes"
@@ -26,12 +27,14 @@ h1 { font-size: 1.6em; }
 </head>
 <body>
 <h1>`
-	pageUnavailable = "</h1>\n<p>This site's security filter cannot answer right now. Please try again later.</p>\n"
-	pageAddress     = "</h1>\n<p>Requests from your address ("
+	pageH1End       = "</h1>\n"
+	pageUnavailable = "<p>This site's security filter cannot answer right now. Please try again later.</p>\n"
+	pageAddress     = "<p>Requests from your address ("
 	pageContact     = ` by this site's security policy.</p>
 <p>If you think this is a mistake, contact the site's administrator and quote the details below.</p>
 <p class="small">Remediation: `
-	pageEnd = "\n</body>\n</html>\n"
+	pageReason = " &middot; Reason: "
+	pageEnd    = "\n</body>\n</html>\n"
 )
 
 // htmlText escapes like html/template in an element's text.
@@ -52,6 +55,7 @@ func writeBuiltinPage(b *bytes.Buffer, d *PageData) {
 	writeEscaped(b, d.Title)
 	b.WriteString(pageStyle)
 	writeEscaped(b, d.Title)
+	b.WriteString(pageH1End)
 	if d.Status == 503 {
 		b.WriteString(pageUnavailable)
 	} else {
@@ -65,7 +69,7 @@ func writeBuiltinPage(b *bytes.Buffer, d *PageData) {
 		b.WriteString(pageContact)
 		writeEscaped(b, d.Remediation)
 		if d.Scenario != "" {
-			b.WriteString(" &middot; Reason: ")
+			b.WriteString(pageReason)
 			writeEscaped(b, d.Scenario)
 		}
 		b.WriteString("</p>\n")

@@ -16,32 +16,15 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// builtinPage is the page of a refusal. It is an html/template: every value is
-// escaped for its HTML context, and the origin and scenario come from LAPI (free-form
-// reasons, any watcher's alerts), so they must never reach the page raw.
-const builtinPage = `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>{{.Title}}</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; }
-.small { color: #666; font-size: 0.9em; }
-</style>
-</head>
-<body>
-<h1>{{.Title}}</h1>
-{{if eq .Status 503}}<p>This site's security filter cannot answer right now. Please try again later.</p>
-{{else}}<p>Requests from your address ({{.IP}}) are {{if eq .Status 429}}limited{{else}}blocked{{end}} by this site's security policy.</p>
-<p>If you think this is a mistake, contact the site's administrator and quote the details below.</p>
-<p class="small">Remediation: {{.Remediation}}{{if .Scenario}} &middot; Reason: {{.Scenario}}{{end}}</p>
-{{end}}
-</body>
-</html>
-`
+// builtinPage is the page of a refusal, its text in builtin_page.go. It is an
+// html/template: every value is escaped for its HTML context, and the origin and
+// scenario come from LAPI (free-form reasons, any watcher's alerts), so they must
+// never reach the page raw.
+const builtinPage = pageTop + "{{.Title}}" + pageStyle + "{{.Title}}" + pageH1End +
+	"{{if eq .Status 503}}" + pageUnavailable +
+	"{{else}}" + pageAddress + "{{.IP}}) are {{if eq .Status 429}}limited{{else}}blocked{{end}}" +
+	pageContact + "{{.Remediation}}{{if .Scenario}}" + pageReason + "{{.Scenario}}{{end}}</p>\n{{end}}" +
+	pageEnd
 
 // PageData is what a ban page template sees. Title, IP and Remediation are set by the
 // module; Origin, Scenario and Type come from the deciding decision (LAPI data).
