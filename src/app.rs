@@ -223,7 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             idle_timeout: config.socket_idle_timeout,
         })?;
         let captcha = crate::captcha::Captcha::new(&config)?.map(std::sync::Arc::new);
-        crate::serve::set_captcha_flow(captcha.is_some());
+        crate::captcha::set_flow(captcha.is_some());
         let server = server.with_captcha(captcha.clone());
         let appsec = crate::engine::appsec::start(
             &config,

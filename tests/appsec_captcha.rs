@@ -204,12 +204,44 @@ async fn without_a_captcha_provider_an_appsec_captcha_is_a_403_counted_once() {
     assert_eq!(r.headers()["x-cerberus-remediation"], "captcha");
     assert_eq!(dropped(&app, "appsec", "captcha"), 1);
 
-    // Through the socket: the module's captcha request for AppSec's verdict is refused,
-    // and counted there, once.
+    // Through the socket, as the module goes: AppSec's frame answers captcha (counted
+    // there, once), then the captcha request for it is refused (not counted again).
+    let verdict = socket_appsec(&app, "198.51.100.31", "/login").await;
+    assert_eq!(verdict, bouncer_api::Remediation::Captcha);
+    assert_eq!(dropped(&app, "appsec", "captcha"), 2);
     let answer = socket_captcha(&app, "198.51.100.31", "/login", "", true).await;
     assert_eq!(answer, CaptchaAnswer::Refuse);
     assert_eq!(dropped(&app, "appsec", "captcha"), 2);
     app.stop().await;
+}
+
+/// One AppSec frame for a `GET uri` (no body), as the module sends it; the verdict.
+async fn socket_appsec(app: &Running, client: &str, uri: &str) -> bouncer_api::Remediation {
+    let mut s = UnixStream::connect(&app.config.socket).await.unwrap();
+    let mut out = BytesMut::new();
+    bouncer_api::appsec::encode_request(
+        &bouncer_api::appsec::AppsecRequest {
+            id: 3,
+            truncated: false,
+            ip: client.parse::<IpAddr>().unwrap(),
+            method: "GET",
+            uri,
+            host: "example.com",
+            http_version: "1.1",
+            headers: Vec::new(),
+            body: b"",
+        },
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut frame = [0u8; 10];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut frame))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = bouncer_api::appsec::parse_answer(&frame).expect("an AppSec answer frame");
+    assert_eq!(answer.id, 3);
+    answer.remediation
 }
 
 /// One captcha request on a connection of its own, as the module sends it.

@@ -171,8 +171,8 @@ impl Appsec {
     }
 
     /// Asks AppSec about one request, applies `appsec_fail` when there is no verdict,
-    /// counts the outcome (Prometheus by door; a refusal but captcha as dropped with
-    /// origin `appsec` in the usage metrics).
+    /// counts the outcome (Prometheus by door; a refusal as dropped with origin
+    /// `appsec` in the usage metrics, a captcha only when no captcha flow will).
     pub async fn inspect(
         &self,
         door: Door,
@@ -211,9 +211,8 @@ impl Appsec {
                 }
             };
         self.outcomes[door as usize][outcome as usize].increment(1);
-        // A captcha verdict is counted where it is answered: by the captcha flow, or
-        // by the door when it has none.
-        if outcome.refuses() && outcome != Outcome::Captcha {
+        // A captcha verdict with the flow on is counted by the flow that answers it.
+        if outcome.refuses() && !crate::captcha::counts(outcome.remediation()) {
             usage.add_dropped(ORIGIN, "", outcome.remediation().as_str());
         }
         outcome

@@ -273,5 +273,22 @@ impl Captcha {
     }
 }
 
+/// True while the captcha flow runs: a `captcha` verdict (a decision's at the doors,
+/// or AppSec's) is then counted as dropped by the flow when it challenges or refuses,
+/// not where it was found (a solved captcha is processed, not dropped). Set once at
+/// start.
+static FLOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the deferred counting of captcha verdicts on (see [`FLOW`]).
+pub fn set_flow(on: bool) {
+    FLOW.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a refusal with `remediation` is left for the flow to count as dropped.
+pub fn counts(remediation: bouncer_api::Remediation) -> bool {
+    remediation == bouncer_api::Remediation::Captcha
+        && FLOW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests;

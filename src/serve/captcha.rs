@@ -35,13 +35,6 @@ pub(super) async fn socket_answer(
         Some(_) => return CaptchaAnswer::Refuse,
     };
     let Some(captcha) = captcha else {
-        // AppSec's captcha answered as a ban is counted here, where it is answered
-        // (the IP's was counted by the lookup).
-        if found.remediation.is_none() {
-            decider
-                .usage()
-                .add_dropped(crate::appsec::ORIGIN, "", "captcha");
-        }
         return CaptchaAnswer::Refuse;
     };
     let ask = Ask {

@@ -154,18 +154,20 @@ impl Door {
             return refusal;
         }
         if self.captcha.is_none() {
-            self.decider.usage().add_dropped(appsec::ORIGIN, "", name);
             return refusal;
         }
-        let job = super::captcha::CaptchaJob::new(
+        // The IP check already recorded this request's duration: the job is answered
+        // without recording it again.
+        super::captcha::CaptchaJob::new(
             ip,
             req.headers(),
             appsec::ORIGIN.to_string(),
             String::new(),
             refusal,
             Instant::now(),
-        );
-        self.captcha(job).await
+        )
+        .answer(self.captcha.as_deref(), self.decider.usage())
+        .await
     }
 
     /// The IP check alone, answered at once: a captcha verdict gets the refusal the flow

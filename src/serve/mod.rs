@@ -74,22 +74,6 @@ pub const REMEDIATION_LABELS: [&str; 6] =
 /// Index of `bypassed` in [`REMEDIATION_LABELS`].
 pub const BYPASSED: usize = 5;
 
-/// True while the captcha flow runs ([`crate::captcha`]): a `captcha` verdict is then
-/// counted as dropped by the flow when it challenges or refuses, not at the lookup (a
-/// solved captcha is processed, not dropped). Set once at start.
-static CAPTCHA_FLOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Turns the deferred counting of captcha verdicts on (see [`CAPTCHA_FLOW`]).
-pub fn set_captcha_flow(on: bool) {
-    CAPTCHA_FLOW.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether a verdict is left for the captcha flow to count as dropped.
-pub(crate) fn counted_by_captcha(remediation: bouncer_api::Remediation) -> bool {
-    remediation == bouncer_api::Remediation::Captcha
-        && CAPTCHA_FLOW.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Counts one answered lookup for the usage metrics and returns its index in
 /// [`REMEDIATION_LABELS`]. An allow is one atomic add; only a blocked answer takes the
 /// usage lock (to count it by origin and remediation).
@@ -104,7 +88,7 @@ pub fn count_lookup(
     if source == Source::Bypassed {
         return BYPASSED;
     }
-    if remediation != bouncer_api::Remediation::Allow && !counted_by_captcha(remediation) {
+    if remediation != bouncer_api::Remediation::Allow && !crate::captcha::counts(remediation) {
         match (source, hit) {
             (Source::FailClosed, _) => {
                 usage.add_dropped(crate::usage::FAIL_CLOSED_ORIGIN, "", "ban")

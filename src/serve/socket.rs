@@ -541,7 +541,7 @@ fn count_reported(
         let label = if e.flags & bouncer_api::Flags::BYPASSED.bits() != 0 {
             super::BYPASSED
         } else {
-            if e.remediation != R::Allow && !super::counted_by_captcha(e.remediation) {
+            if e.remediation != R::Allow && !crate::captcha::counts(e.remediation) {
                 let origin = if e.flags & bouncer_api::Flags::FAIL_CLOSED.bits() != 0 {
                     crate::usage::FAIL_CLOSED_ORIGIN
                 } else {
