@@ -14,7 +14,7 @@ import (
 
 // decodeCaptchaRequest joins the frames of one request (the layout of PROTOCOL.md
 // section 3.4) and reads its fields back.
-func decodeCaptchaRequest(t *testing.T, r io.Reader) (uint32, CaptchaRequest) {
+func decodeCaptchaRequest(t testing.TB, r io.Reader) (uint32, CaptchaRequest) {
 	t.Helper()
 	var msg []byte
 	var id uint32

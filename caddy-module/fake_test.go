@@ -19,7 +19,7 @@ import (
 // answers chosen by the test. It decodes every request of a read and answers them
 // with one write, like the real daemon.
 type fakeDaemon struct {
-	t    *testing.T
+	t    testing.TB
 	path string
 	ln   net.Listener
 
@@ -44,11 +44,11 @@ type fakeDaemon struct {
 	dropped  atomic.Int64 // batches dropped by dropN
 }
 
-func socketPath(t *testing.T) string {
+func socketPath(t testing.TB) string {
 	return filepath.Join(t.TempDir(), "cerberus.sock")
 }
 
-func startFake(t *testing.T, path string) *fakeDaemon {
+func startFake(t testing.TB, path string) *fakeDaemon {
 	t.Helper()
 	ln, err := net.Listen("unix", path)
 	if err != nil {

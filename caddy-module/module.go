@@ -11,14 +11,12 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -232,11 +230,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return h.failure(w, r, next, repl, "no_client_ip", fmt.Errorf("no client IP address in %q", r.RemoteAddr))
 	}
-	ans, mapped := Answer{}, false
+	ans, mapped, hint := Answer{}, false, hintOf(r)
 	if h.snap != nil {
-		ans, mapped = h.snap.lookup(addr, uint32(time.Now().Unix()))
+		ans, mapped = h.snap.lookup(addr, uint32(time.Now().Unix()), hint)
 		if mapped {
-			h.counts.add(ans)
+			h.counts.add(ans, hint)
 		}
 	}
 	if !mapped {
@@ -250,16 +248,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	repl.Set("http.cerberus.remediation", ans.Remediation.String())
-	repl.Set("http.cerberus.origin", ans.Origin)
-	repl.Set("http.cerberus.scenario", ans.Scenario)
-	repl.Set("http.cerberus.type", ans.Type)
-	repl.Set("http.cerberus.expires_in_s", strconv.FormatUint(uint64(ans.ExpiresInS), 10))
-	if ans.Remediation <= Other {
-		verdictCounts[ans.Remediation].Inc()
-	} else {
-		verdicts.WithLabelValues(ans.Remediation.String()).Inc()
-	}
+	setPlaceholders(repl, ans)
+	verdicts.inc(ans.Remediation, hint)
 
 	if ans.Remediation == Allow {
 		if h.appsec != nil {
@@ -368,46 +358,6 @@ func (l *rateLimitedLog) record(reason, policy string, err error) {
 		zap.String("fail", policy),
 		zap.Int("failures_since_last_log", n),
 		zap.Error(err))
-}
-
-// Metrics, shared by every handler instance and registered in each config's
-// registry (a config reload gets a new registry; the counts go on).
-var (
-	failures = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "http_cerberus",
-		Name:      "failures_total",
-		Help:      "Requests for which the cerberus daemon gave no usable answer, by reason.",
-	}, []string{"reason"})
-	verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "http_cerberus",
-		Name:      "verdicts_total",
-		Help:      "Answers of the cerberus daemon, by remediation.",
-	}, []string{"remediation"})
-	// verdictCounts holds verdicts' counter of each remediation, looked up once: a
-	// WithLabelValues per request hashes the label and takes the vector's lock.
-	verdictCounts = func() (c [Other + 1]prometheus.Counter) {
-		for r := range c {
-			c[r] = verdicts.WithLabelValues(Remediation(r).String())
-		}
-		return c
-	}()
-)
-
-func registerMetrics(reg *prometheus.Registry) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{failures, verdicts, appsecOutcomes} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return fmt.Errorf("cerberus: registering metrics: %w", err)
-			}
-		}
-	}
-	return nil
 }
 
 // Interface guards

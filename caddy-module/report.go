@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -29,22 +28,24 @@ type countKey struct {
 	typ              string
 }
 
-// reportCounts counts answers: an allow is one atomic add, a refusal takes the lock.
+// reportCounts counts answers: an allow is one atomic add to a stripe, a refusal
+// takes the lock.
 type reportCounts struct {
-	allowed  atomic.Uint64
-	bypassed atomic.Uint64
+	allowed  stripes
+	bypassed stripes
 	mu       sync.Mutex
 	refused  map[countKey]uint64
 }
 
 func newReportCounts() *reportCounts { return &reportCounts{refused: map[countKey]uint64{}} }
 
-func (c *reportCounts) add(a Answer) {
+// add counts a; hint picks the stripe of an allow (hintOf).
+func (c *reportCounts) add(a Answer, hint uint32) {
 	if a.Remediation == Allow {
 		if a.Flags&FlagBypassed != 0 {
-			c.bypassed.Add(1)
+			c.bypassed.add(hint, 1)
 		} else {
-			c.allowed.Add(1)
+			c.allowed.add(hint, 1)
 		}
 		return
 	}
@@ -60,11 +61,11 @@ func (c *reportCounts) take() map[countKey]uint64 {
 	out := c.refused
 	c.refused = map[countKey]uint64{}
 	c.mu.Unlock()
-	if n := c.allowed.Swap(0); n > 0 {
-		out[countKey{remediation: Allow}] += n
+	if n := c.allowed.take(); n > 0 {
+		out[countKey{remediation: Allow}] += uint64(n)
 	}
-	if n := c.bypassed.Swap(0); n > 0 {
-		out[countKey{remediation: Allow, flags: FlagBypassed}] += n
+	if n := c.bypassed.take(); n > 0 {
+		out[countKey{remediation: Allow, flags: FlagBypassed}] += uint64(n)
 	}
 	return out
 }

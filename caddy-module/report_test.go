@@ -25,11 +25,11 @@ func TestReportFrameMatchesProtocolExample(t *testing.T) {
 func TestReportCountsAndFrames(t *testing.T) {
 	c := newReportCounts()
 	for i := 0; i < 500; i++ {
-		c.add(Answer{Remediation: Ban, Origin: "crowdsec", Scenario: fmt.Sprintf("scenario/%d", i%120), Type: "ban"})
-		c.add(Answer{})
-		c.add(Answer{Flags: FlagBypassed})
+		c.add(Answer{Remediation: Ban, Origin: "crowdsec", Scenario: fmt.Sprintf("scenario/%d", i%120), Type: "ban"}, 0)
+		c.add(Answer{}, uint32(i)) // over every stripe
+		c.add(Answer{Flags: FlagBypassed}, uint32(i*7))
 	}
-	c.add(Answer{Remediation: Throttle, Origin: "cscli", Scenario: strings.Repeat("é", 300), Type: "throttle"})
+	c.add(Answer{Remediation: Throttle, Origin: "cscli", Scenario: strings.Repeat("é", 300), Type: "throttle"}, 0)
 	m := c.take()
 	if len(c.take()) != 0 {
 		t.Fatal("take did not reset")

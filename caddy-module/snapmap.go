@@ -10,13 +10,15 @@ package cerberus
 // snapSet through an atomic.Pointer. Lookups hold a reference count on the set they
 // read; a replaced set is unmapped only once it is retired and its count is zero:
 //
-//	lookup:    s := cur.Load(); s.refs.Add(1); if s.retired.Load() { s.refs.Add(-1); retry }
-//	refresher: cur.Store(next); s.retired.Store(true); ... later, s.refs.Load() == 0 -> unmap
+//	lookup:    s := cur.Load(); s.refs.add(k, 1); if s.retired.Load() { s.refs.add(k, -1); retry }
+//	refresher: cur.Store(next); s.retired.Store(true); ... later, s.refs.sum() == 0 -> unmap
 //
 // Go's atomics are sequentially consistent, so either the refresher sees the lookup's
 // increment (and waits), or the lookup sees `retired` (and leaves before touching the
 // mapping). Answers copy nothing out of the mapping (their strings were copied at
-// parse time), so they stay valid after the unmap.
+// parse time), so they stay valid after the unmap. The count is striped (stripes.go):
+// a lookup adds to and takes from the stripe of its request, the refresher sums them,
+// and the argument holds for each stripe as for one word.
 
 import (
 	"encoding/binary"
@@ -90,7 +92,7 @@ type snapSet struct {
 	// alive points at the heartbeat word of the mapped `current`: the daemon zeroes it
 	// when it stops, and lookups then go to the socket at once.
 	alive   *uint64
-	refs    atomic.Int64
+	refs    stripes // lookups reading the set now
 	retired atomic.Bool
 }
 
@@ -154,23 +156,24 @@ func (r *snapReader) release() {
 }
 
 // lookup answers from the mapped set; ok is false when there is none (use the socket).
-func (r *snapReader) lookup(addr netip.Addr, now uint32) (Answer, bool) {
+// hint picks the stripe of the reference count (hintOf).
+func (r *snapReader) lookup(addr netip.Addr, now uint32, hint uint32) (Answer, bool) {
 	for {
 		s := r.cur.Load()
 		if s == nil {
 			return Answer{}, false
 		}
-		s.refs.Add(1)
+		s.refs.add(hint, 1)
 		if s.retired.Load() {
-			s.refs.Add(-1)
+			s.refs.add(hint, -1)
 			continue
 		}
 		if atomic.LoadUint64(s.alive) == 0 {
-			s.refs.Add(-1)
+			s.refs.add(hint, -1)
 			return Answer{}, false
 		}
 		a := segLookup(s.b, s.o, addr, now)
-		s.refs.Add(-1)
+		s.refs.add(hint, -1)
 		return a, true
 	}
 }
@@ -232,7 +235,7 @@ func (r *snapReader) setSet(s *snapSet, why string) {
 func (r *snapReader) drain() {
 	kept := r.retiring[:0]
 	for _, s := range r.retiring {
-		if s.refs.Load() != 0 {
+		if s.refs.sum() != 0 {
 			kept = append(kept, s)
 			continue
 		}

@@ -19,11 +19,11 @@ const vectorsDir = "../bouncer-api/testdata/segments"
 // segDir is a snapshot directory laid out as the daemon does, from the shared vectors:
 // base.seg as serial 1, overlay.seg as serial 2, overlay-disabled.seg as serial 3.
 type segDir struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 }
 
-func newSegDir(t *testing.T) *segDir {
+func newSegDir(t testing.TB) *segDir {
 	d := &segDir{t: t, dir: filepath.Join(t.TempDir(), "snapshot")}
 	if err := os.Mkdir(d.dir, 0o750); err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestSnapshotReaderSwitchesAndFallsBack(t *testing.T) {
 	_, baseOnly := loadCase(t, "base only")
 	r := acquireSnapshot(d.dir, zap.New(core))
 	defer r.release()
-	if _, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now); ok {
+	if _, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now, 0); ok {
 		t.Fatal("answered without a current file")
 	}
 	if logs.FilterMessageSnippet("not using the snapshot segments").Len() == 0 {
@@ -135,7 +135,7 @@ func TestSnapshotReaderSwitchesAndFallsBack(t *testing.T) {
 	}
 	agrees := func(want map[netip.Addr]Answer) bool {
 		for a, w := range want {
-			if got, ok := r.lookup(a, now); !ok || got != w {
+			if got, ok := r.lookup(a, now, 0); !ok || got != w {
 				return false
 			}
 		}
@@ -147,14 +147,14 @@ func TestSnapshotReaderSwitchesAndFallsBack(t *testing.T) {
 	waitFor(t, "switch to the base alone", func() bool { return agrees(baseOnly) })
 	d.point(1, 0, 0)
 	waitFor(t, "fallback after the daemon stopped", func() bool {
-		_, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now)
+		_, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now, 0)
 		return !ok
 	})
 	d.point(1, 2, time.Now().Unix())
 	waitFor(t, "back to the segments", func() bool { return agrees(withOverlay) })
 	d.point(1, 2, time.Now().Add(-time.Minute).Unix())
 	waitFor(t, "fallback on a stale heartbeat", func() bool {
-		_, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now)
+		_, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now, 0)
 		return !ok
 	})
 	d.point(1, 2, time.Now().Unix())
@@ -163,7 +163,7 @@ func TestSnapshotReaderSwitchesAndFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "fallback after the directory is removed", func() bool {
-		_, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now)
+		_, ok := r.lookup(netip.MustParseAddr("192.0.2.1"), now, 0)
 		return !ok
 	})
 	d2 := newSegDir(t)
@@ -200,7 +200,7 @@ func TestSnapshotReaderStress(t *testing.T) {
 			defer wg.Done()
 			for i := g; !stop.Load(); i++ {
 				a := addrs[i%len(addrs)]
-				got, ok := r.lookup(a, now)
+				got, ok := r.lookup(a, now, uint32(i)) // every stripe of the count
 				if !ok {
 					continue
 				}
@@ -243,7 +243,7 @@ func TestSnapshotReaderSharedAcrossReloads(t *testing.T) {
 	}
 	old.release()
 	for a, want := range withOverlay {
-		if got, ok := reloaded.lookup(a, now); !ok || got != want {
+		if got, ok := reloaded.lookup(a, now, 0); !ok || got != want {
 			t.Fatalf("%s after the old handler's cleanup: %+v %v, want %+v", a, got, ok, want)
 		}
 	}
