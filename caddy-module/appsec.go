@@ -221,13 +221,13 @@ type appsecState struct {
 	offUntil atomic.Int64 // unix nanoseconds: the daemon said AppSec is off
 }
 
-// inspect runs the AppSec step for a request the IP check allowed; it serves the
-// request (next) or refuses it.
+// paused says the daemon said AppSec is off there, less than appsecOffPause ago.
+func (s *appsecState) paused() bool { return time.Now().UnixNano() < s.offUntil.Load() }
+
+// inspect runs the AppSec step for a request the IP check allowed (unless paused);
+// it serves the request (next) or refuses it.
 func (h *Handler) inspect(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
 	repl *caddy.Replacer, addr netip.Addr) error {
-	if time.Now().UnixNano() < h.appsec.offUntil.Load() {
-		return next.ServeHTTP(w, r)
-	}
 	body, truncated, err := appsecBody(r, int64(h.AppsecMaxBody))
 	if err != nil {
 		return fmt.Errorf("cerberus: reading the request body for AppSec: %w", err)

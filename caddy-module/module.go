@@ -219,18 +219,21 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP implements caddyhttp.MiddlewareHandler.
+// ServeHTTP implements caddyhttp.MiddlewareHandler. The allowed path, almost every
+// request, stays in small frames: what refuses, fails or asks the socket is in
+// functions of its own, so a request that needs none of it grows no goroutine stack
+// (a grown stack is copied, and shrunk again by the next GC).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil { // not served by Caddy's server (direct use, some tests)
 		repl = caddy.NewReplacer()
 	}
-
 	addr, ok := clientAddr(r)
 	if !ok {
-		return h.failure(w, r, next, repl, "no_client_ip", fmt.Errorf("no client IP address in %q", r.RemoteAddr))
+		return h.noClientIP(w, r, next, repl)
 	}
-	ans, mapped, hint := Answer{}, false, hintOf(r)
+	var ans Answer
+	mapped, hint := false, hintOf(r)
 	if h.snap != nil {
 		ans, mapped = h.snap.lookup(addr, uint32(time.Now().Unix()), hint)
 		if mapped {
@@ -239,24 +242,41 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if !mapped {
 		var err error
-		ans, err = h.client.Lookup(r.Context(), addr)
-		if err != nil {
+		if ans, err = h.askSocket(r, addr); err != nil {
 			return h.failure(w, r, next, repl, failureReason(err), err)
 		}
-		if ans.Status == StatusNotReady {
-			return h.failure(w, r, next, repl, "not_ready", errors.New("daemon has no decision set yet"))
-		}
 	}
-
 	setPlaceholders(repl, ans)
 	verdicts.inc(ans.Remediation, hint)
-
-	if ans.Remediation == Allow {
-		if h.appsec != nil {
-			return h.inspect(w, r, next, repl, addr)
-		}
-		return next.ServeHTTP(w, r)
+	if ans.Remediation != Allow {
+		return h.deny(w, r, next, repl, addr, &ans)
 	}
+	if h.appsec != nil && !h.appsec.paused() {
+		return h.inspect(w, r, next, repl, addr)
+	}
+	return next.ServeHTTP(w, r)
+}
+
+func (h *Handler) noClientIP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) error {
+	return h.failure(w, r, next, repl, "no_client_ip", fmt.Errorf("no client IP address in %q", r.RemoteAddr))
+}
+
+// askSocket looks addr up through the daemon's socket (no mapped snapshot).
+func (h *Handler) askSocket(r *http.Request, addr netip.Addr) (Answer, error) {
+	ans, err := h.client.Lookup(r.Context(), addr)
+	if err == nil && ans.Status == StatusNotReady {
+		err = errNotReady
+	}
+	return ans, err
+}
+
+// errNotReady: the daemon has no decision set yet (failure reason not_ready).
+var errNotReady = errors.New("daemon has no decision set yet")
+
+// deny answers a request whose address has a decision: the captcha flow, or a
+// refusal (403, or 429 for a throttle).
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	repl *caddy.Replacer, addr netip.Addr, ans *Answer) error {
 	d := PageData{Status: http.StatusForbidden, Title: "Access denied", IP: addr.String(),
 		Remediation: ans.Remediation.String(), Origin: ans.Origin, Scenario: ans.Scenario,
 		Type: ans.Type, RetryAfter: ans.ExpiresInS}
@@ -275,7 +295,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return err
 		}
 		// Cleared by the captcha: the request is inspected like any allowed one.
-		if h.appsec != nil {
+		if h.appsec != nil && !h.appsec.paused() {
 			return h.inspect(w, r, next, repl, addr)
 		}
 		return next.ServeHTTP(w, r)
@@ -307,6 +327,8 @@ func failureReason(err error) string {
 		return "timeout"
 	case errors.Is(err, ErrConnect):
 		return "connect"
+	case errors.Is(err, errNotReady):
+		return "not_ready"
 	case errors.As(err, &se):
 		return "daemon_error"
 	}
