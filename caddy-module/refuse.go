@@ -79,8 +79,13 @@ func (h *Handler) refuse(w http.ResponseWriter, d PageData, cause error) error {
 	buf.Reset()
 	defer pageBuffers.Put(buf)
 	hdr := w.Header()
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("X-Cerberus-Remediation", d.Remediation)
+	// The four values in one array (one allocation, not four), each slice capped so
+	// that an Add elsewhere copies rather than writes into its neighbour. The names
+	// are canonical already.
+	vals := [...]string{"no-store", d.Remediation, "text/html; charset=utf-8", ""}
+	hv := vals[:]
+	hdr["Cache-Control"] = hv[0:1:1]
+	hdr["X-Cerberus-Remediation"] = hv[1:2:2]
 	if h.page == nil {
 		writeBuiltinPage(buf, &d)
 	} else if err := h.page.Execute(buf, d); err != nil {
@@ -93,8 +98,9 @@ func (h *Handler) refuse(w http.ResponseWriter, d PageData, cause error) error {
 		_, _ = w.Write([]byte(http.StatusText(d.Status) + "\n"))
 		return nil
 	}
-	hdr.Set("Content-Type", "text/html; charset=utf-8")
-	hdr.Set("Content-Length", strconv.Itoa(buf.Len()))
+	hv[3] = strconv.Itoa(buf.Len())
+	hdr["Content-Type"] = hv[2:3:3]
+	hdr["Content-Length"] = hv[3:4:4]
 	w.WriteHeader(d.Status)
 	// A failed write means the client went away; Caddy has nothing left to answer.
 	_, _ = w.Write(buf.Bytes())

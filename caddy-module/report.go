@@ -29,17 +29,29 @@ type countKey struct {
 }
 
 // reportCounts counts answers: an allow is one atomic add to a stripe, a refusal
-// takes the lock.
+// takes the lock of its stripe's map (both striped by the request, stripes.go, so
+// two cores refusing at once do not queue on one lock).
 type reportCounts struct {
 	allowed  stripes
 	bypassed stripes
-	mu       sync.Mutex
-	refused  map[countKey]uint64
+	refused  [stripeCount]refusedStripe
 }
 
-func newReportCounts() *reportCounts { return &reportCounts{refused: map[countKey]uint64{}} }
+type refusedStripe struct {
+	mu sync.Mutex
+	m  map[countKey]uint64
+	_  [48]byte // with the mutex and the map pointer, one cache line
+}
 
-// add counts a; hint picks the stripe of an allow (hintOf).
+func newReportCounts() *reportCounts {
+	c := &reportCounts{}
+	for i := range c.refused {
+		c.refused[i].m = map[countKey]uint64{}
+	}
+	return c
+}
+
+// add counts a; hint picks the stripe (hintOf).
 func (c *reportCounts) add(a Answer, hint uint32) {
 	if a.Remediation == Allow {
 		if a.Flags&FlagBypassed != 0 {
@@ -50,17 +62,27 @@ func (c *reportCounts) add(a Answer, hint uint32) {
 		return
 	}
 	k := countKey{a.Remediation, a.Flags, a.Origin, a.Scenario, a.Type}
-	c.mu.Lock()
-	c.refused[k]++
-	c.mu.Unlock()
+	st := &c.refused[hint&(stripeCount-1)]
+	st.mu.Lock()
+	st.m[k]++
+	st.mu.Unlock()
 }
 
 // take returns the counts since the last take and resets them.
 func (c *reportCounts) take() map[countKey]uint64 {
-	c.mu.Lock()
-	out := c.refused
-	c.refused = map[countKey]uint64{}
-	c.mu.Unlock()
+	out := map[countKey]uint64{}
+	for i := range c.refused {
+		st := &c.refused[i]
+		st.mu.Lock()
+		m := st.m
+		if len(m) > 0 {
+			st.m = map[countKey]uint64{}
+		}
+		st.mu.Unlock()
+		for k, n := range m {
+			out[k] += n
+		}
+	}
 	if n := c.allowed.take(); n > 0 {
 		out[countKey{remediation: Allow}] += uint64(n)
 	}
@@ -72,11 +94,12 @@ func (c *reportCounts) take() map[countKey]uint64 {
 
 // putBack returns counts that could not be sent, for the next report.
 func (c *reportCounts) putBack(m map[countKey]uint64) {
-	c.mu.Lock()
+	st := &c.refused[0]
+	st.mu.Lock()
 	for k, n := range m {
-		c.refused[k] += n
+		st.m[k] += n
 	}
-	c.mu.Unlock()
+	st.mu.Unlock()
 }
 
 func cut255(s string) string {

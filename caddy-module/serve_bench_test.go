@@ -20,7 +20,8 @@ import (
 // the context); "bare" is that harness with next called directly, so the handler's
 // cost is the difference. The snapshot is
 // base-100000.seg of $CERBERUS_BENCH_SEGMENTS (benches/README.md says how to write it),
-// mapped as the daemon's base; the requests come from random addresses it allows.
+// mapped as the daemon's base; the requests come from random addresses it allows
+// (bare, allowed) or bans (refused: the built-in page).
 func BenchmarkServeHTTPMapped(b *testing.B) {
 	src := os.Getenv("CERBERUS_BENCH_SEGMENTS")
 	if src == "" {
@@ -57,23 +58,39 @@ func BenchmarkServeHTTPMapped(b *testing.B) {
 	if h.snap.cur.Load() == nil {
 		b.Fatal("the segments are not mapped")
 	}
-	// Random addresses the segments allow (some of the vectors' ranges are wide).
-	var ips []string
-	for x := uint32(7); len(ips) < 4096; {
+	// 4096 random addresses the segments allow, and 4096 of their banned keys.
+	var allowed, banned []string
+	now := uint32(time.Now().Unix())
+	for x := uint32(7); len(allowed) < 4096; {
 		x = x*1664525 + 1013904223
 		a := netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)})
-		if ans, ok := h.snap.lookup(a, uint32(time.Now().Unix()), 0); ok && ans.Remediation == Allow {
-			ips = append(ips, a.String())
+		if ans, ok := h.snap.lookup(a, now, 0); ok && ans.Remediation == Allow {
+			allowed = append(allowed, a.String())
 		}
 	}
+	v4 := h.snap.cur.Load().b.v4
+	for i := 0; i+8 <= len(v4) && len(banned) < 4096; i += 8 * 7 {
+		if le.Uint32(v4[i+4:]) == segEmpty {
+			continue
+		}
+		k := le.Uint32(v4[i:])
+		a := netip.AddrFrom4([4]byte{byte(k >> 24), byte(k >> 16), byte(k >> 8), byte(k)})
+		if ans, ok := h.snap.lookup(a, now, 0); ok && ans.Remediation == Ban {
+			banned = append(banned, a.String())
+		}
+	}
+	if len(banned) < 4096 {
+		b.Fatalf("%d banned keys found", len(banned))
+	}
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
-	run := func(b *testing.B, handle func(w http.ResponseWriter, r *http.Request) error) {
+	run := func(b *testing.B, ips []string, handle func(w http.ResponseWriter, r *http.Request) error) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			base, _ := http.NewRequest(http.MethodGet, "http://example.com/", nil)
 			base.RemoteAddr = "127.0.0.1:40000"
-			w := discardWriter{}
+			w := &headerWriter{h: http.Header{}}
 			for i := int(time.Now().UnixNano()); pb.Next(); i++ {
+				clear(w.h)
 				ip := ips[i&4095]
 				repl := caddy.NewReplacer()
 				repl.Map(httpVarsStandIn) // Caddy's server maps its http.* provider first
@@ -86,10 +103,17 @@ func BenchmarkServeHTTPMapped(b *testing.B) {
 			}
 		})
 	}
-	b.Run("bare", func(b *testing.B) { run(b, next.ServeHTTP) })
-	b.Run("module", func(b *testing.B) {
-		run(b, func(w http.ResponseWriter, r *http.Request) error { return h.ServeHTTP(w, r, next) })
+	module := func(w http.ResponseWriter, r *http.Request) error { return h.ServeHTTP(w, r, next) }
+	b.Run("bare", func(b *testing.B) { run(b, allowed, next.ServeHTTP) })
+	b.Run("allowed", func(b *testing.B) {
+		run(b, allowed, module)
 		if h.snap.cur.Load() == nil || h.counts.allowed.sum() == 0 {
+			b.Fatal("the lookups went to the socket")
+		}
+	})
+	b.Run("refused", func(b *testing.B) {
+		run(b, banned, module)
+		if h.snap.cur.Load() == nil {
 			b.Fatal("the lookups went to the socket")
 		}
 	})
@@ -99,9 +123,10 @@ func BenchmarkServeHTTPMapped(b *testing.B) {
 // server maps on every request's replacer.
 func httpVarsStandIn(string) (any, bool) { return nil, false }
 
-// discardWriter is a ResponseWriter that keeps nothing.
-type discardWriter struct{}
+// headerWriter is a ResponseWriter that keeps only its header map, reused as
+// net/http reuses a connection's.
+type headerWriter struct{ h http.Header }
 
-func (discardWriter) Header() http.Header         { return http.Header{} }
-func (discardWriter) Write(b []byte) (int, error) { return len(b), nil }
-func (discardWriter) WriteHeader(int)             {}
+func (w *headerWriter) Header() http.Header         { return w.h }
+func (w *headerWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *headerWriter) WriteHeader(int)             {}
