@@ -16,7 +16,10 @@
 #   one IP, refused      after `cscli decisions add --ip 127.0.0.1`.
 # Rounds are interleaved (round 1 of every setup, then round 2, ...), so a change of
 # load on the machine hits every setup alike; the table gives the median over rounds
-# and ratios (to bare Caddy in the same case, module/incumbent, refused/allowed).
+# and ratios (to bare Caddy in the same case, module/incumbent, refused/allowed), both
+# as the ratio of the medians and as the median of the per-round ratios (round i of
+# one against round i of the other, measured within a minute: on this VM a setup's
+# rounds spread by 30% as the host's load changes, and pairing cancels most of it).
 #
 # usage: bash benches/caddy_compare.sh [DECISIONS]      (default 100000)
 #   ROUND_SECS  seconds per wrk round (default 10)
@@ -241,17 +244,30 @@ for c, clabel in cases:
         each = ", ".join(f"{r[0]:,.0f}" for r in v)
         p99 = statistics.median(ms(r[2]) for r in v)
         print(f"| {slabel} | {clabel} | {med[f'{s}/{c}']:,.0f} | {each} | {p99:.2f} ms | {sum(r[3] for r in v):,} | {ratio} |")
-print()
-print("| ratio (medians) | one IP | random IPs |")
-print("|---|---|---|")
 def r(a, b):
     return f"{med[a] / med[b]:.2f}" if a in med and b in med else "-"
-print(f"| module / bare Caddy, allowed | {r('module/one_allowed', 'bare/one_allowed')} | {r('module/random_allowed', 'bare/random_allowed')} |")
-print(f"| module / incumbent, allowed | {r('module/one_allowed', 'incumbent/one_allowed')} | {r('module/random_allowed', 'incumbent/random_allowed')} |")
-print(f"| module / incumbent, refused | {r('module/one_refused', 'incumbent/one_refused')} | {r('module/random_refused', 'incumbent/random_refused')} |")
-print(f"| module refused / module allowed | {r('module/one_refused', 'module/one_allowed')} | {r('module/random_refused', 'module/random_allowed')} |")
-print(f"| incumbent refused / incumbent allowed | {r('incumbent/one_refused', 'incumbent/one_allowed')} | {r('incumbent/random_refused', 'incumbent/random_allowed')} |")
-print(f"| forward_auth / bare Caddy, allowed | {r('forward_auth/one_allowed', 'bare/one_allowed')} | {r('forward_auth/random_allowed', 'bare/random_allowed')} |")
+
+def paired(a, b):
+    # Round i of a against round i of b: measured within a minute of each other, so
+    # a change of the machine's speed between rounds cancels out of each ratio.
+    if a not in rows or b not in rows or len(rows[a]) != len(rows[b]):
+        return "-"
+    return f"{statistics.median(x[0] / y[0] for x, y in zip(rows[a], rows[b])):.2f}"
+
+RATIOS = [
+    ("module / bare Caddy, allowed", "module/{}_allowed", "bare/{}_allowed"),
+    ("module / incumbent, allowed", "module/{}_allowed", "incumbent/{}_allowed"),
+    ("module / incumbent, refused", "module/{}_refused", "incumbent/{}_refused"),
+    ("module refused / module allowed", "module/{}_refused", "module/{}_allowed"),
+    ("incumbent refused / incumbent allowed", "incumbent/{}_refused", "incumbent/{}_allowed"),
+    ("forward_auth / bare Caddy, allowed", "forward_auth/{}_allowed", "bare/{}_allowed"),
+]
+for title, f in (("ratio of the medians", r), ("median of the per-round ratios", paired)):
+    print()
+    print(f"| {title} | one IP | random IPs |")
+    print("|---|---|---|")
+    for name, a, b in RATIOS:
+        print(f"| {name} | {f(a.format('one'), b.format('one'))} | {f(a.format('random'), b.format('random'))} |")
 PY
 if [[ $INCUMBENT == 0 ]]; then
     echo
