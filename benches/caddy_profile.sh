@@ -4,7 +4,7 @@
 # one case of benches/caddy_compare.sh, first to a site with the module, then to a bare
 # site of the same Caddy (`respond` alone), then to a bare site whose `respond` is in a
 # `route` block as the module's is. For each: requests/s, the CPU time Caddy
-# was sampled for, and so its CPU per request; then `go tool pprof -top` of the
+# was sampled for, and so its CPU per request, and wrk's own CPU per request; then `go tool pprof -top` of the
 # module's run (flat, and cumulative for the module's own functions). Loopback only,
 # bounded in time. The setup is caddy_compare.sh's: a real LAPI holding N decisions,
 # the release daemon syncing from it, the module on the mapped segments.
@@ -83,31 +83,40 @@ script=()
 PROFILE_SECS=$((SECS - 3))
 
 # Load on port $1 for SECS while Caddy is profiled for PROFILE_SECS into $2; prints
-# "requests/s|sampled CPU seconds|CPU us per request".
+# "requests/s|sampled CPU seconds|CPU us per request|wrk's CPU us per request" (wrk's
+# user and system time, from the `times` of the subshell that ran it: the client's
+# share of the two cores, which a bigger answer, such as a refusal page, makes grow).
 profile() {
-    local port=$1 out=$2 rps cpu
-    XFF_MODE="$MODE" XFF_N="$N" wrk -t2 -c64 -d"${SECS}s" "${script[@]}" "http://127.0.0.1:$port/" >"$WORK/wrk-$port.txt" &
+    local port=$1 out=$2 rps cpu wrk_cpu total
+    (
+        XFF_MODE="$MODE" XFF_N="$N" wrk -t2 -c64 -d"${SECS}s" "${script[@]}" "http://127.0.0.1:$port/" >"$WORK/wrk-$port.txt"
+        times >"$WORK/wrk-$port.times"
+    ) &
     local wrk_pid=$!
     sleep 2
     curl -s -o "$out" "http://127.0.0.1:$ADMIN/debug/pprof/profile?seconds=$PROFILE_SECS"
     wait "$wrk_pid"
     rps="$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-$port.txt")"
+    total="$(awk '/requests in/ {print $1}' "$WORK/wrk-$port.txt")"
+    # times: the shell's user and system time, then its children's ("0m1.234s 0m0.567s").
+    wrk_cpu="$(sed -n 2p "$WORK/wrk-$port.times" | sed -E 's/([0-9]+)m([0-9.]+)s/\1 \2/g' |
+        awk '{ print $1 * 60 + $2 + $3 * 60 + $4 }')"
     cpu="$(cd "$ROOT/caddy-module" && go tool pprof -top -nodecount=1 "$OUR_CADDY" "$out" 2>/dev/null |
         sed -nE 's/.*Total samples = ([0-9.]+)(m?s).*/\1 \2/p' |
         awk '{ print ($2 == "ms") ? $1 / 1000 : $1 }')"
-    python3 -c "print(f'$rps|$cpu|{float(\"$cpu\") * 1e6 / (float(\"$rps\") * $PROFILE_SECS):.1f}')"
+    python3 -c "print(f'$rps|$cpu|{float(\"$cpu\") * 1e6 / (float(\"$rps\") * $PROFILE_SECS):.1f}|{float(\"$wrk_cpu\") * 1e6 / float(\"$total\"):.1f}')"
 }
 
-IFS='|' read -r m_rps m_cpu m_us <<<"$(profile "$PORT" "$WORK/module.pprof")"
-IFS='|' read -r b_rps b_cpu b_us <<<"$(profile "$BARE" "$WORK/bare.pprof")"
-IFS='|' read -r r_rps r_cpu r_us <<<"$(profile "$ROUTED" "$WORK/routed.pprof")"
+IFS='|' read -r m_rps m_cpu m_us m_wrk <<<"$(profile "$PORT" "$WORK/module.pprof")"
+IFS='|' read -r b_rps b_cpu b_us b_wrk <<<"$(profile "$BARE" "$WORK/bare.pprof")"
+IFS='|' read -r r_rps r_cpu r_us r_wrk <<<"$(profile "$ROUTED" "$WORK/routed.pprof")"
 echo "case $CASE, $N decisions; wrk -t2 -c64 -d${SECS}s, Caddy profiled for ${PROFILE_SECS}s of it:"
 echo
-echo "| site | requests/s | Caddy CPU sampled | Caddy CPU per request |"
-echo "|---|---|---|---|"
-echo "| with the module | $m_rps | ${m_cpu} s | ${m_us} us |"
-echo "| bare (respond) | $b_rps | ${b_cpu} s | ${b_us} us |"
-echo "| bare in a route block, as the module's site | $r_rps | ${r_cpu} s | ${r_us} us |"
+echo "| site | requests/s | Caddy CPU sampled | Caddy CPU per request | wrk CPU per request |"
+echo "|---|---|---|---|---|"
+echo "| with the module | $m_rps | ${m_cpu} s | ${m_us} us | ${m_wrk} us |"
+echo "| bare (respond) | $b_rps | ${b_cpu} s | ${b_us} us | ${b_wrk} us |"
+echo "| bare in a route block, as the module's site | $r_rps | ${r_cpu} s | ${r_us} us | ${r_wrk} us |"
 echo
 echo "go tool pprof -top (flat), the site with the module:"
 (cd "$ROOT/caddy-module" && go tool pprof -top -nodecount=30 "$OUR_CADDY" "$WORK/module.pprof" 2>/dev/null | sed -n '6,$p')
