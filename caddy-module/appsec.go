@@ -221,10 +221,14 @@ type appsecState struct {
 	offUntil atomic.Int64 // unix nanoseconds: the daemon said AppSec is off
 }
 
-// paused says the daemon said AppSec is off there, less than appsecOffPause ago.
-func (s *appsecState) paused() bool { return time.Now().UnixNano() < s.offUntil.Load() }
+// inspects says whether a request allowed at now (unix nanoseconds) goes to AppSec:
+// the step is on, and the daemon did not say AppSec is off there less than
+// appsecOffPause ago.
+func (h *Handler) inspects(now int64) bool {
+	return h.appsec != nil && now >= h.appsec.offUntil.Load()
+}
 
-// inspect runs the AppSec step for a request the IP check allowed (unless paused);
+// inspect runs the AppSec step for a request the IP check allowed (when inspects);
 // it serves the request (next) or refuses it.
 func (h *Handler) inspect(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
 	repl *caddy.Replacer, addr netip.Addr) error {

@@ -233,9 +233,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.noClientIP(w, r, next, repl)
 	}
 	var ans Answer
-	mapped, hint := false, hintOf(r)
+	mapped, hint, now := false, hintOf(r), time.Now()
 	if h.snap != nil {
-		ans, mapped = h.snap.lookup(addr, uint32(time.Now().Unix()), hint)
+		ans, mapped = h.snap.lookup(addr, uint32(now.Unix()), hint)
 		if mapped {
 			h.counts.add(ans, hint)
 		}
@@ -251,7 +251,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ans.Remediation != Allow {
 		return h.deny(w, r, next, repl, addr, &ans)
 	}
-	if h.appsec != nil && !h.appsec.paused() {
+	if h.inspects(now.UnixNano()) {
 		return h.inspect(w, r, next, repl, addr)
 	}
 	return next.ServeHTTP(w, r)
@@ -295,7 +295,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 			return err
 		}
 		// Cleared by the captcha: the request is inspected like any allowed one.
-		if h.appsec != nil && !h.appsec.paused() {
+		if h.inspects(time.Now().UnixNano()) {
 			return h.inspect(w, r, next, repl, addr)
 		}
 		return next.ServeHTTP(w, r)

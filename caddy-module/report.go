@@ -62,7 +62,7 @@ func (c *reportCounts) add(a Answer, hint uint32) {
 		return
 	}
 	k := countKey{a.Remediation, a.Flags, a.Origin, a.Scenario, a.Type}
-	st := &c.refused[hint&(stripeCount-1)]
+	st := &c.refused[stripeOf(hint)]
 	st.mu.Lock()
 	st.m[k]++
 	st.mu.Unlock()

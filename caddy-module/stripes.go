@@ -22,8 +22,11 @@ type stripe struct {
 // stripes is a counter spread over stripeCount cache lines.
 type stripes [stripeCount]stripe
 
-// add adds d to the stripe of hint (see hintOf).
-func (s *stripes) add(hint uint32, d int64) { s[hint&(stripeCount-1)].n.Add(d) }
+// stripeOf is the stripe index of hint (see hintOf), for every striped structure.
+func stripeOf(hint uint32) uint32 { return hint & (stripeCount - 1) }
+
+// add adds d to the stripe of hint.
+func (s *stripes) add(hint uint32, d int64) { s[stripeOf(hint)].n.Add(d) }
 
 // sum is the counter's value: exact when no add runs, and never short of the adds
 // that returned before it began.
