@@ -84,12 +84,7 @@ $GLOBAL
 	respond "ok"
 }
 :$MOD_PORT {
-	cerberus {
-		socket $WORK/cerberus.sock
-		snapshot_dir $WORK/snapshot
-		timeout 20ms
-		fail open
-	}
+$(cerberus_directive 1)
 	respond "ok"
 }
 :$FWD_PORT {

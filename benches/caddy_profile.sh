@@ -49,12 +49,7 @@ cat >"$WORK/Caddyfile" <<CADDY
 }
 :$PORT {
 	route {
-		cerberus {
-			socket $WORK/cerberus.sock
-			snapshot_dir $WORK/snapshot
-			timeout 20ms
-			fail open
-		}
+$(cerberus_directive 2)
 		respond "ok"
 	}
 }

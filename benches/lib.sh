@@ -1,4 +1,4 @@
-# Shared by benches/e2e.sh and benches/caddy_compare.sh; sourced, not run.
+# Shared by benches/e2e.sh, caddy_compare.sh and caddy_profile.sh; sourced, not run.
 # The caller sets ROOT, N (decisions), SECS (seconds per wrk row) and WORK (a temporary
 # directory), then calls bench_start, which installs the exit trap, starts a real LAPI
 # holding N imported decisions, and starts the release cerberus daemon syncing from it
@@ -17,6 +17,20 @@ bench_cleanup() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cscli() { bash "$ROOT/scripts/crowdsec-lapi.sh" cscli "$WORK/lapi" "$@"; }
+
+# The cerberus directive of the bench Caddyfiles (the module on the daemon's mapped
+# segments, its socket for the rest), indented by $1 tabs, so that every bench
+# measures the module configured alike.
+cerberus_directive() {
+    local t
+    t="$(printf '%*s' "$1" '' | tr ' ' '\t')"
+    printf '%scerberus {\n' "$t"
+    printf '%s\tsocket %s\n' "$t" "$WORK/cerberus.sock"
+    printf '%s\tsnapshot_dir %s\n' "$t" "$WORK/snapshot"
+    printf '%s\ttimeout 20ms\n' "$t"
+    printf '%s\tfail open\n' "$t"
+    printf '%s}\n' "$t"
+}
 
 # wrk -t2 -c64 for SECS on URL ($1), with the Lua script $2 if given; prints
 # "requests/s|p50|p99|non-2xx".
